@@ -301,7 +301,7 @@ class _CompositeTiles(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, plan: TilePlan, want_absgrad: bool):  # type: ignore[override]
+    def forward(ctx, means2d, conics, opacities, colors, plan: TilePlan, want_absgrad: bool, geometry_grad_mask):  # type: ignore[override]
         flat = _flatten_with_pad(means2d, conics, opacities, colors)
         basis = _tile_pixel_basis(plan.tile_size, means2d.dtype, means2d.device)
         n_tiles = plan.n_cameras * plan.tiles_x * plan.tiles_y
@@ -324,6 +324,7 @@ class _CompositeTiles(torch.autograd.Function):
             saved.append((alpha, t_before, weights))
         ctx.save_for_backward(means2d, conics, opacities, colors)
         ctx.plan, ctx.want_absgrad, ctx.saved_blocks = plan, want_absgrad, saved
+        ctx.geometry_grad_mask = geometry_grad_mask
         return render, alpha_img
 
     @staticmethod
@@ -340,7 +341,8 @@ class _CompositeTiles(torch.autograd.Function):
             col = flat[3][batch.gaussian_ids]
             g_colors.index_add_(0, ids, torch.bmm(weights.transpose(1, 2), g_out).flatten(0, 1))
             # dL/dw per (pixel, gaussian): colour term plus the accumulated-alpha term.
-            g_w = torch.bmm(g_out, col.transpose(1, 2)).add_(grad_alpha[batch.tile_ids][..., None])
+            g_out_geometry = g_out if ctx.geometry_grad_mask is None else g_out * ctx.geometry_grad_mask
+            g_w = torch.bmm(g_out_geometry, col.transpose(1, 2)).add_(grad_alpha[batch.tile_ids][..., None])
             # w_j = alpha_j T_j, T_j = prod_{i<j}(1 - alpha_i): raising alpha_k dims everything behind it.
             contrib = weights * g_w
             behind = torch.cumsum(contrib, dim=-1).neg_().add_(contrib.sum(-1, keepdim=True))
@@ -362,14 +364,11 @@ class _CompositeTiles(torch.autograd.Function):
                 lin = basis[:, 3:]
                 per_pixel_x = torch.matmul(lin, torch.stack([a, b, -(a * mu + b * mv)], 1)).mul_(g_log_alpha)
                 per_pixel_y = torch.matmul(lin, torch.stack([b, c, -(b * mu + c * mv)], 1)).mul_(g_log_alpha)
-                g_abs.index_add_(
-                    0,
-                    ids,
-                    torch.stack(
-                        [torch.linalg.vector_norm(per_pixel_x, 1, dim=1), torch.linalg.vector_norm(per_pixel_y, 1, dim=1)],
-                        -1,
-                    ).flatten(0, 1),
-                )
+                # Reductions over the pixel axis run as products with a ones row: BLAS beats a strided sum.
+                ones = torch.ones(1, basis.shape[0], dtype=basis.dtype, device=basis.device)
+                abs_x = torch.matmul(ones, per_pixel_x.abs_())[:, 0]
+                abs_y = torch.matmul(ones, per_pixel_y.abs_())[:, 0]
+                g_abs.index_add_(0, ids, torch.stack([abs_x, abs_y], -1).flatten(0, 1))
         ctx.saved_blocks = None
         shape = means2d.shape[:2]
         if ctx.want_absgrad:
@@ -380,6 +379,7 @@ class _CompositeTiles(torch.autograd.Function):
             g_conics[:-1].reshape(conics.shape),
             g_opac[:-1].reshape(opacities.shape),
             g_colors[:-1].reshape(colors.shape),
+            None,
             None,
             None,
         )
@@ -463,6 +463,7 @@ def rasterization(
     rasterize_mode: str = "classic",
     absgrad: bool = False,
     backend: str = "auto",
+    no_geometry_grad_channels: Optional[Tuple[int, int]] = None,
     **gsplat_kwargs: Any,
 ) -> Tuple[Tensor, Tensor, Dict[str, Any]]:
     """Render ``C`` cameras: ``(render [C,H,W,D], alpha [C,H,W,1], info)``, gsplat's contract.
@@ -471,12 +472,26 @@ def rasterization(
     ``tile_size`` defaults per backend: 16 for gsplat's kernels, 8 for the torch path, where
     smaller tiles waste fewer (pixel, gaussian) pairs and were measured ~1.4x faster.
     Any number of colour channels works; depth is appended per ``render_mode``.
+
+    ``no_geometry_grad_channels=(start, stop)`` (an extension, ``sh_degree=None`` only): gradients
+    reaching those colour channels update the colours but not means, scales, quats or opacities,
+    so noisy mask supervision on identity features cannot damage the reconstruction.
     """
     if backend not in ("auto", "gsplat", "torch"):
         raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
+    if no_geometry_grad_channels is not None and sh_degree is not None:
+        raise ValueError("no_geometry_grad_channels needs pre-evaluated colours (sh_degree=None)")
     if backend == "gsplat" or (backend == "auto" and means.is_cuda):
         from gsplat import rasterization as gsplat_rasterization
 
+        if no_geometry_grad_channels is not None:
+            return _gsplat_two_pass(
+                gsplat_rasterization, no_geometry_grad_channels, means=means, quats=quats, scales=scales,
+                opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks, width=width, height=height,
+                near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, packed=packed,
+                tile_size=tile_size or 16, backgrounds=backgrounds, render_mode=render_mode,
+                rasterize_mode=rasterize_mode, absgrad=absgrad, **gsplat_kwargs,
+            )
         return gsplat_rasterization(
             means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
             Ks=Ks, width=width, height=height, near_plane=near_plane, far_plane=far_plane,
@@ -492,7 +507,13 @@ def rasterization(
     colors = _add_depth_channel(_prepare_colors(means, colors, viewmats, sh_degree, n_cameras), proj.depths, render_mode)
     tile_size = tile_size or CPU_TILE_SIZE
     plan = plan_tiles(proj, width, height, tile_size)
-    tiles, tile_alpha = _CompositeTiles.apply(proj.means2d, proj.conics, proj.opacities, colors, plan, absgrad)
+    grad_mask = None
+    if no_geometry_grad_channels is not None:
+        grad_mask = torch.ones(colors.shape[-1], dtype=colors.dtype, device=colors.device)
+        grad_mask[no_geometry_grad_channels[0] : no_geometry_grad_channels[1]] = 0.0
+    tiles, tile_alpha = _CompositeTiles.apply(
+        proj.means2d, proj.conics, proj.opacities, colors, plan, absgrad, grad_mask
+    )
     render = _tiles_to_image(tiles, plan, width, height)
     alpha = _tiles_to_image(tile_alpha[..., None], plan, width, height)
     render = _finish(render, alpha, render_mode, backgrounds)
@@ -512,6 +533,23 @@ def rasterization(
         "height": height,
         "n_cameras": n_cameras,
     }
+    return render, alpha, info
+
+
+def _gsplat_two_pass(gsplat_rasterization, channels: Tuple[int, int], **kw: Any) -> Tuple[Tensor, Tensor, Dict[str, Any]]:
+    """gsplat cannot mask geometry gradients per channel, so render those channels again on detached geometry."""
+    start, stop = channels
+    colors = kw.pop("colors")
+    backgrounds = kw.pop("backgrounds")
+    main_colors = torch.cat([colors[..., :start], colors[..., stop:]], dim=-1)
+    render, alpha, info = gsplat_rasterization(colors=main_colors, backgrounds=None, **kw)
+    detached = {k: kw[k].detach() for k in ("means", "quats", "scales", "opacities")}
+    side_kw = {**kw, **detached, "render_mode": "RGB", "absgrad": False}
+    side, _, _ = gsplat_rasterization(colors=colors[..., start:stop], backgrounds=None, **side_kw)
+    render = torch.cat([render[..., :start], side, render[..., start:]], dim=-1)
+    if backgrounds is not None:
+        n_bg = backgrounds.shape[-1]
+        render = torch.cat([render[..., :n_bg] + (1.0 - alpha) * backgrounds[:, None, None, :], render[..., n_bg:]], -1)
     return render, alpha, info
 
 

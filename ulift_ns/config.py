@@ -1,0 +1,70 @@
+"""``unified-lift``: the MethodSpecification nerfstudio finds through the entry point.
+
+Imports here stay light (no SAM, no scikit-learn): nerfstudio loads every method entry
+point for every ``ns-*`` command, so a failure here would break them all.
+"""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from ulift_ns.datamanager import UnifiedLiftDataManagerConfig
+from ulift_ns.model import UnifiedLiftModelConfig
+
+METHOD_NAME = "unified-lift"
+
+
+def _adam(lr: float, scheduler=None) -> dict:
+    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+
+
+def optimizers(max_steps: int = 30000) -> dict:
+    """Splatfacto's Gaussian optimisers plus the identity features and the codebook (official lr 5e-4)."""
+    return {
+        "means": _adam(1.6e-4, ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)),
+        "features_dc": _adam(0.0025),
+        "features_rest": _adam(0.0025 / 20),
+        "opacities": _adam(0.05),
+        "scales": _adam(0.005),
+        "quats": _adam(0.001),
+        "identity": _adam(0.0025),
+        "codebook": _adam(5e-4),
+        "camera_opt": _adam(
+            1e-4,
+            ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0),
+        ),
+        "bilateral_grid": _adam(
+            2e-3,
+            ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0),
+        ),
+    }
+
+
+def trainer_config(model: UnifiedLiftModelConfig | None = None, max_steps: int = 30000) -> TrainerConfig:
+    return TrainerConfig(
+        method_name=METHOD_NAME,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=max_steps,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=UnifiedLiftDataManagerConfig(),
+            model=model or UnifiedLiftModelConfig(),
+        ),
+        optimizers=optimizers(max_steps),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+unified_lift = MethodSpecification(
+    config=trainer_config(),
+    description="Unified-Lift: consistent 3D instance segmentation from per-view SAM masks (CPU or CUDA).",
+)

@@ -1,0 +1,162 @@
+"""The SAM-mask dataset and datamanager: per-view label maps travel in the batch next to the image.
+
+Label maps live in ``SCENE/sam_masks/<image stem>.png`` (integer PNG, 0 = unlabelled,
+ids need not agree between views).  Optional ground truth for evaluation lives in
+``SCENE/gt_masks/<image stem>.png`` with ids consistent across views.
+
+The batch keys are ``"sam_labels"`` and ``"gt_labels"`` (int64 ``[H, W]``), never
+``"mask"``: splatfacto multiplies its RGB loss by ``batch["mask"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Tuple, Type
+
+import torch
+
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from ulift_ns.dataparser import SCENE_ROOT_KEY, UnifiedLiftDataParserConfig
+from ulift_ns.labelio import LabelFileError, read_label_map
+
+SAM_LABELS = "sam_labels"
+GT_LABELS = "gt_labels"
+MAKE_MASKS_HELP = (
+    "Make them with `ulift masks --data {scene} --method felzenszwalb` (no weights needed) or "
+    "`ulift masks --data {scene} --checkpoint sam_vit_h_4b8939.pth` (segment-anything)."
+)
+
+
+def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer label map: ids are names, never averaged."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    out = torch.nn.functional.interpolate(labels[None, None].double(), size=size, mode="nearest-exact")
+    return out[0, 0].to(labels.dtype)
+
+
+def check_aspect(mask_path: Path, mask_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> None:
+    """Masks may be at another resolution than the image, but not another shape."""
+    (mh, mw), (ih, iw) = mask_hw, image_hw
+    # Tolerate the rounding of a downscaled image: one pixel on either side.
+    if abs(mw * ih - mh * iw) > max(mw, iw) + max(mh, ih):
+        raise LabelFileError(
+            f"{mask_path} is {mw}x{mh} but its image is {iw}x{ih}: the aspect ratios differ, so the mask "
+            f"belongs to another image or was cropped. " + MAKE_MASKS_HELP.format(scene=mask_path.parent.parent)
+        )
+
+
+class SamMaskDataset(InputDataset):
+    """An ``InputDataset`` whose items also carry ``sam_labels`` (and ``gt_labels`` when present)."""
+
+    def __init__(
+        self,
+        dataparser_outputs: DataparserOutputs,
+        scale_factor: float = 1.0,
+        require_masks: bool = True,
+        mask_dir: str = "sam_masks",
+        gt_dir: str = "gt_masks",
+    ):
+        super().__init__(dataparser_outputs, scale_factor)
+        self.require_masks = require_masks
+        root = dataparser_outputs.metadata.get(SCENE_ROOT_KEY)
+        self.scene_root = Path(root) if root is not None else None
+        self.mask_dir, self.gt_dir = mask_dir, gt_dir
+
+    def label_path(self, image_idx: int, folder: str) -> Path:
+        image_path = Path(self._dataparser_outputs.image_filenames[image_idx])
+        # Other dataparsers do not record the scene root; images/ (or images_2/) sits directly in it.
+        root = self.scene_root if self.scene_root is not None else image_path.parent.parent
+        return root / folder / f"{image_path.stem}.png"
+
+    def _load_labels(self, path: Path, image_hw: Tuple[int, int]) -> torch.Tensor:
+        labels = read_label_map(path)
+        check_aspect(path, labels.shape, image_hw)
+        return resize_labels(torch.from_numpy(labels), image_hw)
+
+    def get_metadata(self, data: Dict) -> Dict:
+        idx = data["image_idx"]
+        image_hw = tuple(data["image"].shape[:2])
+        out: Dict[str, torch.Tensor] = {}
+        sam_path = self.label_path(idx, self.mask_dir)
+        if sam_path.is_file():
+            out[SAM_LABELS] = self._load_labels(sam_path, image_hw)
+        elif self.require_masks:
+            raise LabelFileError(
+                f"Missing SAM mask {sam_path} for image {self._dataparser_outputs.image_filenames[idx]}. "
+                + MAKE_MASKS_HELP.format(scene=sam_path.parent.parent)
+            )
+        gt_path = self.label_path(idx, self.gt_dir)
+        if gt_path.is_file():
+            out[GT_LABELS] = self._load_labels(gt_path, image_hw)
+        return out
+
+
+@dataclass
+class UnifiedLiftDataManagerConfig(FullImageDatamanagerConfig):
+    _target: Type = field(default_factory=lambda: UnifiedLiftDataManager)
+    dataparser: UnifiedLiftDataParserConfig = field(default_factory=UnifiedLiftDataParserConfig)
+    cache_images: Literal["cpu", "gpu"] = "gpu"
+    """"gpu" means the training device (CPU or CUDA); "cpu" pins host memory and needs a CUDA driver."""
+    cache_images_type: Literal["uint8", "float32"] = "uint8"
+    mask_dir: str = "sam_masks"
+    gt_dir: str = "gt_masks"
+
+
+class UnifiedLiftDataManager(FullImageDatamanager[SamMaskDataset]):
+    config: UnifiedLiftDataManagerConfig
+
+    def __init__(self, config: UnifiedLiftDataManagerConfig, *args, **kwargs):
+        if config.cache_images == "cpu" and not torch.cuda.is_available():
+            # pin_memory() in FullImageDatamanager needs a CUDA driver; cache on the training device instead.
+            CONSOLE.print("[yellow]No CUDA: caching images on the training device instead of pinned host memory.")
+            config.cache_images = "gpu"
+        super().__init__(config, *args, **kwargs)
+
+    def _dataset(self, outputs: DataparserOutputs, require_masks: bool) -> SamMaskDataset:
+        return SamMaskDataset(
+            outputs,
+            scale_factor=self.config.camera_res_scale_factor,
+            require_masks=require_masks,
+            mask_dir=self.config.mask_dir,
+            gt_dir=self.config.gt_dir,
+        )
+
+    def create_train_dataset(self) -> SamMaskDataset:
+        # Only training needs masks; ns-eval / ns-render / ns-export / the viewer run without them.
+        return self._dataset(self.train_dataparser_outputs, require_masks=self.test_mode == "val")
+
+    def create_eval_dataset(self) -> SamMaskDataset:
+        return self._dataset(self.dataparser.get_dataparser_outputs(split=self.test_split), require_masks=False)
+
+    def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> List[Dict[str, torch.Tensor]]:
+        # The parent undistorts and caches only "image"/"mask"; label maps must follow the image's final size.
+        cache = super()._load_images(split, cache_images_device)
+        for data in cache:
+            hw = tuple(data["image"].shape[:2])
+            for key in (SAM_LABELS, GT_LABELS):
+                if key in data:
+                    labels = resize_labels(data[key], hw)
+                    data[key] = labels.to(self.device) if cache_images_device == "gpu" else labels
+        return cache
+
+    def _labels_to_device(self, data: Dict) -> Dict:
+        for key in (SAM_LABELS, GT_LABELS):
+            if key in data:
+                data[key] = data[key].to(self.device)
+        return data
+
+    def next_train(self, step: int):
+        # The parent moves only "image" to the device.
+        camera, data = super().next_train(step)
+        return camera, self._labels_to_device(data)
+
+    def next_eval_image(self, step: int):
+        camera, data = super().next_eval_image(step)
+        return camera, self._labels_to_device(data)
+
