@@ -13,10 +13,13 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from ulift_ns.compat import allow_numpy_scalars_in_checkpoints
 from ulift_ns.datamanager import UnifiedLiftDataManagerConfig
 from ulift_ns.model import UnifiedLiftModelConfig
 
 METHOD_NAME = "unified-lift"
+
+allow_numpy_scalars_in_checkpoints()
 
 
 def _adam(lr: float, scheduler=None) -> dict:
@@ -68,3 +71,27 @@ unified_lift = MethodSpecification(
     config=trainer_config(),
     description="Unified-Lift: consistent 3D instance segmentation from per-view SAM masks (CPU or CUDA).",
 )
+
+
+def scale_schedule(config: TrainerConfig, max_steps: int) -> TrainerConfig:
+    """Shrink splatfacto's 30k-step schedule (warm-up, densification, resolution, SH) to ``max_steps``.
+
+    For short CPU runs; every step-based knob keeps its share of training.
+    """
+    model = config.pipeline.model
+    f = max_steps / 30000.0
+
+    def steps(n: int, floor: int) -> int:
+        return max(floor, int(round(n * f)))
+
+    model.warmup_length = steps(500, 20)
+    model.refine_every = steps(100, 20)
+    model.resolution_schedule = steps(3000, 50)
+    model.sh_degree_interval = steps(1000, 50)
+    model.stop_split_at = steps(15000, 100)
+    model.stop_screen_size_at = steps(4000, 100)
+    config.max_num_iterations = max_steps
+    config.optimizers = optimizers(max_steps)
+    config.steps_per_save = max_steps
+    config.steps_per_eval_all_images = max_steps + 1
+    return config

@@ -1,0 +1,88 @@
+"""Render per-view instance label maps from a trained run: how users and benchmarks read predictions.
+
+``DIR/<image stem>.png`` holds uint16 labels (1 + codebook index; 0 where accumulated
+opacity < 0.5).  Because the codebook is shared by all views, an object's label is the
+same in every view.  ``DIR/overlay/<stem>.png`` shows the labels over the RGB render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Literal, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ulift_ns.labelio import atomic_path, check_can_write, write_label_png
+
+Split = Literal["train", "test", "all"]
+
+
+@dataclass
+class RenderedView:
+    stem: str
+    labels: np.ndarray  # uint16 [H,W]
+    rgb: np.ndarray  # float [H,W,3]
+    colour: np.ndarray  # float [H,W,3]
+    confidence: np.ndarray  # float [H,W]
+
+
+def load_pipeline(config_path: Path, test_mode: Literal["test", "val", "inference"] = "test"):
+    """Load a trained run's pipeline (weights included) from its ``config.yml``."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    if not Path(config_path).is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: pass the config.yml that ns-train printed at the end.")
+    _, pipeline, _, _ = eval_setup(Path(config_path), test_mode=test_mode)
+    return pipeline
+
+
+def split_cameras(pipeline, split: Split) -> List[Tuple[str, object]]:
+    """``(image stem, camera)`` for each view of ``split``; ``all`` lists each image once."""
+    dm = pipeline.datamanager
+    datasets = {"train": [dm.train_dataset], "test": [dm.eval_dataset], "all": [dm.train_dataset, dm.eval_dataset]}
+    if split not in datasets:
+        raise ValueError(f"split must be train, test or all, got {split!r}")
+    views: Dict[str, object] = {}
+    for dataset in datasets[split]:
+        for i, name in enumerate(dataset.image_filenames):
+            views.setdefault(Path(name).stem, dataset.cameras[i : i + 1])
+    return sorted(views.items())
+
+
+@torch.no_grad()
+def render_views(pipeline, split: Split) -> Iterator[RenderedView]:
+    pipeline.eval()  # training mode would feed the densification strategy
+    model = pipeline.model
+    for stem, camera in split_cameras(pipeline, split):
+        out = model.get_outputs_for_camera(camera.to(model.device))
+        yield RenderedView(
+            stem=stem,
+            labels=out["instance_id"][..., 0].round().cpu().numpy().astype(np.uint16),
+            rgb=out["rgb"].clamp(0, 1).cpu().numpy(),
+            colour=out["instance"].cpu().numpy(),
+            confidence=out["instance_confidence"][..., 0].cpu().numpy(),
+        )
+
+
+def overlay(view: RenderedView, strength: float = 0.55) -> np.ndarray:
+    """uint8 RGB: instance colours blended over the render where a label exists."""
+    mixed = np.where(view.labels[..., None] > 0, (1 - strength) * view.rgb + strength * view.colour, view.rgb)
+    return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
+
+
+def write_predictions(pipeline, split: Split, output_dir: Path, overwrite: bool = False) -> List[Path]:
+    """Render ``split`` and write label maps plus overlays; refuses to replace files unless ``overwrite``."""
+    views = split_cameras(pipeline, split)
+    targets = [output_dir / f"{stem}.png" for stem, _ in views]
+    for path in targets + [output_dir / "overlay" / f"{stem}.png" for stem, _ in views]:
+        check_can_write(path, overwrite)
+    written = []
+    for view in render_views(pipeline, split):
+        write_label_png(output_dir / f"{view.stem}.png", view.labels)
+        with atomic_path(output_dir / "overlay" / f"{view.stem}.png") as tmp:
+            Image.fromarray(overlay(view)).save(tmp, format="PNG")
+        written.append(output_dir / f"{view.stem}.png")
+    return written
