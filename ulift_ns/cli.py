@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import tyro
 
@@ -78,11 +78,136 @@ class Eval:
         print(f"Wrote {out}")
 
 
+@dataclass
+class Export:
+    """Export each 3D object as a standard 3DGS PLY, plus scene_instances.ply (with instance_id) and objects.json."""
+
+    load_config: Path
+    output_dir: Path
+    ids: Optional[str] = None
+    """Object ids to export (1 + codebook index), e.g. 3,7. Default: every object."""
+    selection: bool = False
+    """Export the ids the viewer saved in the run's selection.json."""
+    overwrite: bool = False
+
+    def main(self) -> None:
+        from ulift_ns.export import run_export
+
+        try:
+            summary = run_export(self.load_config, self.output_dir, self.ids, self.selection, self.overwrite)
+        except (FileExistsError, FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"ulift export: {err}") from err
+        print(
+            f"Exported {len(summary['exported_ids'])} of {len(summary['objects'])} objects and "
+            f"{summary['num_gaussians']} Gaussians to {self.output_dir}"
+        )
+
+
+@dataclass
+class Masks:
+    """Make per-view 2D instance masks SCENE/sam_masks/<stem>.png (SAM, or weight-free felzenszwalb / slic)."""
+
+    data: Path
+    """Scene folder (transforms.json, sparse/0 or colmap/sparse/0 layout)."""
+    method: Literal["sam", "felzenszwalb", "slic"] = "sam"
+    checkpoint: Optional[Path] = None
+    """SAM checkpoint, e.g. sam_vit_h_4b8939.pth (https://dl.fbaipublicfiles.com/segment_anything/)."""
+    model_type: Optional[Literal["vit_h", "vit_l", "vit_b"]] = None
+    """SAM backbone; default: read from the checkpoint name, else vit_h."""
+    points_per_side: int = 32
+    """SAM: prompt grid is points_per_side^2 points."""
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    device: Optional[str] = None
+    """SAM: cuda or cpu (default: cuda when available)."""
+    scale: float = 800.0
+    """felzenszwalb: larger = fewer, larger segments (800 suits ~504x378 photos)."""
+    sigma: Optional[float] = None
+    """felzenszwalb / slic pre-smoothing (default 0.8 / 1.0)."""
+    min_size: Optional[int] = None
+    """felzenszwalb: smallest segment in pixels (default 0.3% of the image)."""
+    n_segments: int = 16
+    """slic: approximate number of segments."""
+    compactness: float = 5.0
+    """slic: colour vs. position trade-off (larger = more grid-like)."""
+    overwrite: bool = False
+    """Replace masks in sam_masks/ that this command did not write."""
+
+    def main(self) -> None:
+        from ulift_ns.masks import FelzenszwalbParams, MaskSettings, MaskSettingsError, SamParams, SlicParams, make_masks
+
+        settings = MaskSettings(
+            method=self.method,
+            felzenszwalb=FelzenszwalbParams(self.scale, 0.8 if self.sigma is None else self.sigma, self.min_size),
+            slic=SlicParams(self.n_segments, self.compactness, 1.0 if self.sigma is None else self.sigma),
+            sam=SamParams(
+                checkpoint=self.checkpoint,
+                model_type=self.model_type,
+                points_per_side=self.points_per_side,
+                pred_iou_thresh=self.pred_iou_thresh,
+                stability_score_thresh=self.stability_score_thresh,
+                device=self.device,
+            ),
+        )
+        try:
+            result = make_masks(self.data, settings, overwrite=self.overwrite)
+        except (MaskSettingsError, FileExistsError, FileNotFoundError) as err:
+            raise SystemExit(f"ulift masks: {err}") from err
+        print(
+            f"{len(result.generated)} mask(s) written, {len(result.skipped)} up to date, in {result.mask_dir} "
+            f"(manifest {result.manifest.name}). Train with: ns-train unified-lift --data {self.data}"
+        )
+
+
+@dataclass
+class ConvertLlff:
+    """Convert an LLFF capture (poses_bounds.npy + images/ or images_N/) to transforms.json + images/."""
+
+    data: Path
+    """LLFF folder holding poses_bounds.npy."""
+    output: Path
+    """Scene folder to write (transforms.json, images/)."""
+    downscale: Optional[int] = None
+    """Use images_N/ (or resize the finest folder whose factor divides N); intrinsics follow."""
+    overwrite: bool = False
+
+    def main(self) -> None:
+        from ulift_ns.convert import LlffFormatError, convert_llff
+
+        try:
+            out = convert_llff(self.data, self.output, self.downscale, self.overwrite)
+        except (LlffFormatError, FileExistsError, FileNotFoundError) as err:
+            raise SystemExit(f"ulift convert llff: {err}") from err
+        print(f"Wrote {out / 'transforms.json'}. Next: ulift masks --data {out} --method felzenszwalb (or SAM)")
+
+
+@dataclass
+class _NoFormat:
+    """Placeholder: a one-member Union would collapse and `ulift convert llff` would lose its subcommand."""
+
+    def main(self) -> None:
+        raise SystemExit("Choose a format: ulift convert llff --help")
+
+
+ConvertFormat = Union[
+    Annotated[ConvertLlff, tyro.conf.subcommand("llff")],
+    Annotated[_NoFormat, tyro.conf.subcommand("none"), tyro.conf.Suppress],
+]
+
+
+def convert(fmt: Annotated[ConvertFormat, tyro.conf.arg(name="")]):
+    """Convert a scene to nerfstudio's transforms.json layout (formats: llff)."""
+    return fmt
+
+
 COMMANDS = {
     "demo": Demo,
     "run-demo": RunDemo,
     "render": Render,
     "eval": Eval,
+    "export": Export,
+    "masks": Masks,
+    "convert": convert,
 }
 
 

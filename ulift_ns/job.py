@@ -11,10 +11,10 @@ import torch
 
 from ulift_ns.config import scale_schedule, trainer_config
 from ulift_ns.demo import generate_demo_scene
-from ulift_ns.evaluate import evaluate_predictions, print_metrics
 from ulift_ns.labelio import write_json_atomic
 from ulift_ns.model import UnifiedLiftModelConfig
-from ulift_ns.predict import write_predictions
+from ulift_ns.evaluate import evaluate_predictions, print_metrics
+from ulift_ns.predict import Readout, write_predictions
 
 
 @dataclass
@@ -35,6 +35,46 @@ def _eval_psnr(pipeline) -> float:
     return value
 
 
+@dataclass
+class TrainedRun:
+    config_path: Path
+    pipeline: object
+    psnr_before: float
+    psnr_after: float
+
+
+def train_on_scene(
+    scene: Path,
+    runs_dir: Path,
+    steps: int,
+    model: Optional[UnifiedLiftModelConfig] = None,
+    device: Optional[str] = None,
+    quiet: bool = False,
+    seed: int = 42,
+) -> TrainedRun:
+    """Train unified-lift on ``scene`` in-process with a schedule scaled to ``steps``; saves config and checkpoint."""
+    config = scale_schedule(trainer_config(model=model), steps)
+    config.pipeline.datamanager.data = scene
+    config.output_dir = runs_dir
+    config.vis = "tensorboard"
+    config.machine.device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config.machine.seed = seed
+    config.logging.local_writer.enable = not quiet
+    config.set_timestamp()
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    psnr_before = _eval_psnr(trainer.pipeline)
+    trainer.train()
+    psnr_after = _eval_psnr(trainer.pipeline)
+    return TrainedRun(config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after)
+
+
+def predict_and_score(pipeline, scene: Path, labels_dir: Path, readout: Readout = "codebook") -> Dict[str, float]:
+    write_predictions(pipeline, "all", labels_dir, readout=readout)
+    return evaluate_predictions(scene, labels_dir, labels_dir / "metrics.json")
+
+
 def run_demo_job(
     output: Path,
     seed: int = 0,
@@ -49,31 +89,16 @@ def run_demo_job(
     """Train on a freshly generated (or reused) demo scene; everything lands under ``output``."""
     start = time.time()
     scene = generate_demo_scene(output / "scene", seed=seed, num_views=num_views, width=width, height=height)
-    config = scale_schedule(trainer_config(model=model), steps)
-    config.pipeline.datamanager.data = scene
-    config.output_dir = output / "runs"
-    config.vis = "tensorboard"
-    config.machine.device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config.logging.local_writer.enable = not quiet
-    config.set_timestamp()
-    config.save_config()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    psnr_before = _eval_psnr(trainer.pipeline)
-    trainer.train()
-    psnr_after = _eval_psnr(trainer.pipeline)
-
-    labels = output / "labels" / config.timestamp
-    write_predictions(trainer.pipeline, "all", labels)
-    metrics = evaluate_predictions(scene, labels)
-    config_path = config.get_base_dir() / "config.yml"
-    result = DemoJobResult(scene, config_path, labels, psnr_before, psnr_after, metrics, (time.time() - start) / 60)
+    run = train_on_scene(scene, output / "runs", steps, model=model, device=device, quiet=quiet)
+    labels = output / "labels" / run.config_path.parent.name
+    metrics = predict_and_score(run.pipeline, scene, labels)
+    result = DemoJobResult(scene, run.config_path, labels, run.psnr_before, run.psnr_after, metrics, (time.time() - start) / 60)
     summary = {
         "scene": str(scene),
-        "config": str(config_path),
+        "config": str(run.config_path),
         "labels": str(labels),
-        "psnr_before": psnr_before,
-        "psnr_after": psnr_after,
+        "psnr_before": run.psnr_before,
+        "psnr_after": run.psnr_after,
         "steps": steps,
         "minutes": result.minutes,
         "metrics": metrics,

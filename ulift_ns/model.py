@@ -105,6 +105,8 @@ class UnifiedLiftModel(SplatfactoModel):
         cr = self.config.codebook_init_range
         self.codebook = Parameter((torch.rand(self.config.codebook_size, d) * 2.0 - 1.0) * cr)
         self.register_buffer("palette", instance_palette(self.config.codebook_size), persistent=False)
+        # Off by default: a 16-channel output would show as a flickering PCA image in the viewer.
+        self.eval_outputs_features = False
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         # Override: splatfacto hard-codes six names; identity features need their own optimiser group.
@@ -199,9 +201,9 @@ class UnifiedLiftModel(SplatfactoModel):
         if render_mode == "RGB+ED":
             depth = render[0, ..., -1:]
             outputs["depth"] = torch.where(accumulation > 0, depth, depth.detach().max())
-        if self.training:
+        if self.training or self.eval_outputs_features:
             outputs["features"] = features
-        else:
+        if not self.training:
             outputs.update(self.instance_outputs(features, accumulation))
             if background.shape[0] == 3:
                 outputs["background"] = background.expand(H, W, 3)

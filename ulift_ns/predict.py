@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Literal, Tuple
+from typing import Dict, Iterable, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ulift_ns.labelio import atomic_path, check_can_write, write_label_png
+from ulift_ns.model import OPACITY_THRESHOLD
 
 Split = Literal["train", "test", "all"]
+
+
+Readout = Literal["codebook", "hdbscan"]
 
 
 @dataclass
@@ -27,6 +31,8 @@ class RenderedView:
     rgb: np.ndarray  # float [H,W,3]
     colour: np.ndarray  # float [H,W,3]
     confidence: np.ndarray  # float [H,W]
+    features: Optional[np.ndarray] = None  # float [H,W,d], only when asked for
+    present: Optional[np.ndarray] = None  # bool [H,W], accumulated opacity >= 0.5
 
 
 def load_pipeline(config_path: Path, test_mode: Literal["test", "val", "inference"] = "test"):
@@ -53,18 +59,36 @@ def split_cameras(pipeline, split: Split) -> List[Tuple[str, object]]:
 
 
 @torch.no_grad()
-def render_views(pipeline, split: Split) -> Iterator[RenderedView]:
+def render_views(pipeline, split: Split, with_features: bool = False) -> Iterator[RenderedView]:
     pipeline.eval()  # training mode would feed the densification strategy
     model = pipeline.model
-    for stem, camera in split_cameras(pipeline, split):
-        out = model.get_outputs_for_camera(camera.to(model.device))
-        yield RenderedView(
-            stem=stem,
-            labels=out["instance_id"][..., 0].round().cpu().numpy().astype(np.uint16),
-            rgb=out["rgb"].clamp(0, 1).cpu().numpy(),
-            colour=out["instance"].cpu().numpy(),
-            confidence=out["instance_confidence"][..., 0].cpu().numpy(),
-        )
+    model.eval_outputs_features = with_features
+    try:
+        for stem, camera in split_cameras(pipeline, split):
+            out = model.get_outputs_for_camera(camera.to(model.device))
+            yield RenderedView(
+                stem=stem,
+                labels=out["instance_id"][..., 0].round().cpu().numpy().astype(np.uint16),
+                rgb=out["rgb"].clamp(0, 1).cpu().numpy(),
+                colour=out["instance"].cpu().numpy(),
+                confidence=out["instance_confidence"][..., 0].cpu().numpy(),
+                features=out["features"].cpu().numpy() if with_features else None,
+                present=(out["accumulation"][..., 0] >= OPACITY_THRESHOLD).cpu().numpy(),
+            )
+    finally:
+        model.eval_outputs_features = False
+
+
+def relabel_by_clustering(views: List[RenderedView], palette: np.ndarray) -> List[RenderedView]:
+    """Replace codebook labels by HDBSCAN clusters of the rendered features (the baseline read-out)."""
+    from ulift_ns.baselines import hdbscan_labels
+
+    labels = hdbscan_labels([v.features for v in views], [v.present for v in views])
+    out = []
+    for view, lab in zip(views, labels):
+        colour = np.where(lab[..., None] > 0, palette[(lab - 1) % len(palette)], 0.0)
+        out.append(RenderedView(view.stem, lab.astype(np.uint16), view.rgb, colour, view.confidence))
+    return out
 
 
 def overlay(view: RenderedView, strength: float = 0.55) -> np.ndarray:
@@ -73,14 +97,19 @@ def overlay(view: RenderedView, strength: float = 0.55) -> np.ndarray:
     return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_predictions(pipeline, split: Split, output_dir: Path, overwrite: bool = False) -> List[Path]:
+def write_predictions(
+    pipeline, split: Split, output_dir: Path, overwrite: bool = False, readout: Readout = "codebook"
+) -> List[Path]:
     """Render ``split`` and write label maps plus overlays; refuses to replace files unless ``overwrite``."""
     views = split_cameras(pipeline, split)
     targets = [output_dir / f"{stem}.png" for stem, _ in views]
     for path in targets + [output_dir / "overlay" / f"{stem}.png" for stem, _ in views]:
         check_can_write(path, overwrite)
+    views: Iterable[RenderedView] = render_views(pipeline, split, with_features=readout == "hdbscan")
+    if readout == "hdbscan":
+        views = relabel_by_clustering(list(views), pipeline.model.palette.cpu().numpy())
     written = []
-    for view in render_views(pipeline, split):
+    for view in views:
         write_label_png(output_dir / f"{view.stem}.png", view.labels)
         with atomic_path(output_dir / "overlay" / f"{view.stem}.png") as tmp:
             Image.fromarray(overlay(view)).save(tmp, format="PNG")

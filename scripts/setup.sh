@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install ulift_ns and everything it needs into the active Python (a venv or the system one).
+# Safe to re-run: a working, matched torch + torchvision pair that is already installed is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# nerfstudio's dataparsers import open3d, which needs the system library libusb-1.0.
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+  fi
+fi
+
+# torch and torchvision must come from one build, or `import torchvision` (and every ns-* command)
+# fails with "operator torchvision::nms does not exist". Keep a pair that already imports together.
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet "torch==2.14.*" "torchvision==0.29.*"
+fi
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+"$PY" - >"$constraints" <<'PYEOF'
+import torch, torchvision
+print(f"torch=={torch.__version__.split('+')[0]}")
+print(f"torchvision=={torchvision.__version__.split('+')[0]}")
+PYEOF
+
+"$PY" -m pip install --quiet -c "$constraints" -e ".[test]"
+"$PY" -c "import ulift_ns.config" # fails loudly here, not inside ns-train, if the install is broken
+echo "ulift_ns installed: $("$PY" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")')"

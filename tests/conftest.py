@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ulift_ns.demo import generate_demo_scene
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    """A small demo scene shared by tests that only read it (48x36, 10 views: nerfstudio keeps 1 for eval)."""
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", seed=3, num_views=10, width=48, height=36)
+
+
+def copy_scene(scene: Path, dest: Path) -> Path:
+    """A private, writable copy of a scene for tests that damage it."""
+    import shutil
+
+    shutil.copytree(scene, dest)
+    return dest
