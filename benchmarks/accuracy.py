@@ -36,7 +36,7 @@ def run_preset(name: str, scene: Path, out: Path, steps: int) -> Dict[str, float
         model = replace(base, lift=preset.lift(base.lift))
         run = train_on_scene(scene, out / "runs" / name, steps, model=model, quiet=True)
         metrics = predict_and_score(run.pipeline, scene, out / "labels" / name, readout=preset.readout)
-        metrics["psnr"] = run.psnr_after
+        metrics["psnr_train"] = run.psnr_after["train"]
     metrics["minutes"] = (time.time() - start) / 60
     return metrics
 

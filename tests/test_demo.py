@@ -498,12 +498,21 @@ def test_sparse_point_cloud(scenes):
     d = scenes["a"]
     meta = json.loads((d / "demo_meta.json").read_text())
     ply = _read_ply(d / "sparse_pc.ply")
-    assert 2000 <= len(ply) <= 6000 and len(ply) == meta["num_points"]
-    xyz = np.stack([ply["x"], ply["y"], ply["z"]], 1).astype(np.float64)
-    assert np.isfinite(xyz).all()
-    assert xyz[:, 2].min() > -0.03 and np.hypot(xyz[:, 0], xyz[:, 1]).max() < 4.05
-    # points lie on surfaces: near the ground plane or near some object
+    assert 2000 <= len(ply) <= 8000 and len(ply) == meta["num_points"]
+    all_xyz = np.stack([ply["x"], ply["y"], ply["z"]], 1).astype(np.float64)
+    assert np.isfinite(all_xyz).all()
     scene = demo.build_scene(0)
+    # far points sit on the sky shell (upper hemisphere), coloured like the sky in their direction
+    radius = np.linalg.norm(all_xyz, axis=1)
+    sky = radius > 2 * scene.ground_radius
+    assert 0.1 < sky.mean() < 0.4
+    assert np.allclose(radius[sky], 4.0 * scene.ground_radius, atol=1e-3) and all_xyz[sky, 2].min() >= 0
+    sky_rgb = np.stack([ply["red"], ply["green"], ply["blue"]], 1)[sky] / 255.0
+    lo, hi = np.minimum(scene.sky_horizon, scene.sky_zenith), np.maximum(scene.sky_horizon, scene.sky_zenith)
+    assert ((sky_rgb >= lo - 1 / 255) & (sky_rgb <= hi + 1 / 255)).all()
+    xyz = all_xyz[~sky]
+    assert xyz[:, 2].min() > -0.03 and np.hypot(xyz[:, 0], xyz[:, 1]).max() < 4.05
+    # the rest lie on surfaces: near the ground plane or near some object
     sdf = np.min([_sdf(o.to_dict(), xyz) for o in scene.objects] + [np.abs(xyz[:, 2])], axis=0)
     assert np.quantile(np.abs(sdf), 0.99) < 0.03
     on_objects = np.min([_sdf(o.to_dict(), xyz) for o in scene.objects], axis=0) < 0.02

@@ -169,13 +169,15 @@ class ConvertLlff:
     """Scene folder to write (transforms.json, images/)."""
     downscale: Optional[int] = None
     """Use images_N/ (or resize the finest folder whose factor divides N); intrinsics follow."""
+    seed_points: int = 0
+    """Also write sparse_pc.ply: N random points inside the frustums between the near/far bounds (0 = none: random init)."""
     overwrite: bool = False
 
     def main(self) -> None:
         from ulift_ns.convert import LlffFormatError, convert_llff
 
         try:
-            out = convert_llff(self.data, self.output, self.downscale, self.overwrite)
+            out = convert_llff(self.data, self.output, self.downscale, self.overwrite, self.seed_points)
         except (LlffFormatError, FileExistsError, FileNotFoundError) as err:
             raise SystemExit(f"ulift convert llff: {err}") from err
         print(f"Wrote {out / 'transforms.json'}. Next: ulift masks --data {out} --method felzenszwalb (or SAM)")

@@ -6,6 +6,9 @@ point for every ``ns-*`` command, so a failure here would break them all.
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -73,12 +76,24 @@ unified_lift = MethodSpecification(
 )
 
 
-def scale_schedule(config: TrainerConfig, max_steps: int) -> TrainerConfig:
+def downscales_for(image_long_side: int) -> int:
+    """Splatfacto's coarse-to-fine start (1/4 resolution) is sized for ~1000 px photos; small images skip it.
+
+    gsplat splits any Gaussian wider than 5% of the training image, and the smallest
+    possible footprint is ~2 px, so at under ~40 px everything would split every refine.
+    """
+    return min(2, max(0, int(math.floor(math.log2(max(1, image_long_side) / 256)))))
+
+
+def scale_schedule(config: TrainerConfig, max_steps: int, image_long_side: Optional[int] = None) -> TrainerConfig:
     """Shrink splatfacto's 30k-step schedule (warm-up, densification, resolution, SH) to ``max_steps``.
 
-    For short CPU runs; every step-based knob keeps its share of training.
+    For short CPU runs; every step-based knob keeps its share of training.  With
+    ``image_long_side`` the coarse-to-fine resolution start is sized to the images.
     """
     model = config.pipeline.model
+    if image_long_side is not None:
+        model.num_downscales = downscales_for(image_long_side)
     f = max_steps / 30000.0
 
     def steps(n: int, floor: int) -> int:

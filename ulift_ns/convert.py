@@ -23,9 +23,16 @@ N / M here (box filter, size rounded to the nearest pixel).  Intrinsics follow t
 actually written: ``fl_x = focal * w / W``, ``fl_y = focal * h / H``, ``cx = w / 2``,
 ``cy = h / 2``, camera model ``PINHOLE`` (LLFF has no distortion).
 
-No seed point cloud is written (``transforms.json`` has no ``ply_file_path``), so
-splatfacto / unified-lift starts from random Gaussians (``num_random`` points in a cube
-of side ``random_scale``), which nerfstudio announces with a warning.
+Seed points.  LLFF has no sparse point cloud.  By default none is written (no
+``ply_file_path``), so splatfacto / unified-lift starts from ``num_random`` random
+Gaussians in a cube of side ``random_scale`` around the origin, which nerfstudio announces
+with a warning.  For a forward-facing capture that cube puts many Gaussians right in
+front of (or behind) the cameras, where each one is seen by a single view.  With
+``--seed-points N`` the converter instead writes ``sparse_pc.ply``: N points, each on
+the ray through a random pixel of a random view, at a depth drawn uniformly in
+*disparity* between the file's near and far bounds (LLFF's own sampling), coloured by
+that pixel.  Nothing is triangulated: this is still a random initialisation, only
+placed inside the viewing frustums where the scene can be.
 """
 
 from __future__ import annotations
@@ -124,11 +131,63 @@ def _write_image(src: Path, dst_dir: Path, resize_by: int) -> Tuple[str, Tuple[i
     return dst.name, size
 
 
-def convert_llff(llff_dir: Path, output: Path, downscale: Optional[int] = None, overwrite: bool = False) -> Path:
+def frustum_seed_points(
+    c2w: np.ndarray,
+    bounds: np.ndarray,
+    intrinsics: Dict[str, float],
+    images: List[np.ndarray],
+    count: int,
+    seed: int = 0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``count`` random points inside the views' frustums between the near/far bounds, and their colours.
+
+    Each point: a random view, a random pixel (centre), a depth uniform in disparity
+    between that view's bounds; colour = that pixel.  Returns ``float32 [N,3]``, ``uint8 [N,3]``.
+    """
+    rng = np.random.default_rng(seed)
+    n_views = len(c2w)
+    view = rng.integers(0, n_views, count)
+    h, w = images[0].shape[:2]
+    col = rng.integers(0, w, count)
+    row = rng.integers(0, h, count)
+    near, far = bounds[view, 0], bounds[view, 1]
+    disparity = rng.uniform(1.0 / far, 1.0 / near)
+    depth = 1.0 / disparity
+    # OpenGL camera: x right, y up, looking down -z; pixel centres at +0.5.
+    x = (col + 0.5 - intrinsics["cx"]) / intrinsics["fl_x"]
+    y = -(row + 0.5 - intrinsics["cy"]) / intrinsics["fl_y"]
+    cam = np.stack([x * depth, y * depth, -depth], axis=1)
+    rot, centre = c2w[view, :3, :3], c2w[view, :3, 3]
+    xyz = np.einsum("nij,nj->ni", rot, cam) + centre
+    rgb = np.stack([images[v][r, c, :3] for v, r, c in zip(view, row, col)]) if count else np.zeros((0, 3), np.uint8)
+    return xyz.astype(np.float32), rgb.astype(np.uint8)
+
+
+def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Binary PLY with ``x, y, z`` (float) and ``red, green, blue`` (uchar), as nerfstudio's parsers read it."""
+    from plyfile import PlyData, PlyElement
+
+    vertex = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for i, k in enumerate("xyz"):
+        vertex[k] = xyz[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = rgb[:, i]
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
+
+
+def convert_llff(
+    llff_dir: Path,
+    output: Path,
+    downscale: Optional[int] = None,
+    overwrite: bool = False,
+    seed_points: int = 0,
+) -> Path:
     """Write ``output/transforms.json`` and ``output/images/`` from an LLFF folder; returns ``output``.
 
     Refuses an existing ``output/transforms.json`` or ``output/images/`` unless ``overwrite``
-    (which replaces exactly those two; other files in ``output`` are kept).
+    (which replaces exactly those two, and ``sparse_pc.ply``; other files in ``output`` are kept).
+    ``seed_points > 0`` also writes ``sparse_pc.ply`` (see the module docs).
     """
     llff_dir, output = Path(llff_dir), Path(output)
     pb_path = llff_dir / "poses_bounds.npy"
@@ -150,13 +209,19 @@ def convert_llff(llff_dir: Path, output: Path, downscale: Optional[int] = None, 
 
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a folder.")
-    transforms, image_dir = output / "transforms.json", output / "images"
+    transforms, image_dir, ply = output / "transforms.json", output / "images", output / "sparse_pc.ply"
+    if seed_points < 0:
+        raise LlffFormatError(f"--seed-points must be >= 0, got {seed_points}")
+    if seed_points and not (np.isfinite(bounds).all() and (bounds[:, 0] > 0).all() and (bounds[:, 1] > bounds[:, 0]).all()):
+        raise LlffFormatError(f"{pb_path} has unusable near/far bounds, so --seed-points cannot place points; pass --seed-points 0.")
     if not overwrite:
-        for path in (transforms, image_dir):
+        for path in (transforms, image_dir, ply):
             if path.exists():
                 raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another --output.")
     if image_dir.exists():
         shutil.rmtree(image_dir)
+    if ply.exists():
+        ply.unlink()
     image_dir.mkdir(parents=True)
 
     frames, sizes = [], set()
@@ -183,5 +248,13 @@ def convert_llff(llff_dir: Path, output: Path, downscale: Optional[int] = None, 
         "frames": frames,
         "ulift_source": {"format": "llff", "data": str(llff_dir), "image_folder": folder.name, "resized_by": resize_by},
     }
+    if seed_points:
+        pixels = []
+        for frame in frames:
+            with Image.open(output / frame["file_path"]) as img:
+                pixels.append(np.asarray(img.convert("RGB")))
+        xyz, rgb = frustum_seed_points(c2w, bounds, meta, pixels, seed_points)
+        write_ply(ply, xyz, rgb)
+        meta["ply_file_path"] = ply.name
     write_json_atomic(transforms, meta)
     return output

@@ -889,6 +889,20 @@ def read_label_png(path: Path) -> np.ndarray:
     return read_label_map(path).astype(np.uint16)
 
 
+def _sky_points(scene: DemoScene, rng: np.random.Generator, count: int, radius_factor: float = 4.0):
+    """Seed points on a far shell, coloured like the sky in their direction.
+
+    The sky is infinitely far; without seeds there, splatting must grow Gaussians into
+    half of every image from nothing, as an SfM cloud with far background points avoids.
+    """
+    d = rng.normal(size=(count, 3))
+    d[:, 2] = np.abs(d[:, 2])  # upper hemisphere: the sky is what cameras above the ground see
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    e = np.clip(d[:, 2], 0.0, 1.0)[:, None] ** 0.7
+    rgb = (1.0 - e) * np.asarray(scene.sky_horizon)[None] + e * np.asarray(scene.sky_zenith)[None]
+    return d * radius_factor * scene.ground_radius, rgb
+
+
 def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
     """Binary little-endian PLY with x,y,z (float) and red,green,blue (uchar)."""
     n = int(xyz.shape[0])
@@ -1041,7 +1055,7 @@ def generate_demo_scene(
         frames.append({"file_path": f"images/{stem}.png", "transform_matrix": c2w.tolist()})
         visible = {int(i): int(c) for i, c in zip(*np.unique(gt[gt > 0], return_counts=True))}
         views_meta.append({"stem": stem, "visible_gt_ids": visible, **info})
-        # Seed points: half on objects, half on the ground (like an SfM cloud).
+        # Seed points: half on objects, half on the ground (like an SfM cloud); sky points are added below.
         flat = kind.reshape(-1)
         for sel, n_sel in ((np.nonzero(flat > 0)[0], pts_per_view // 2), (np.nonzero(flat == 0)[0], pts_per_view // 2)):
             if sel.size == 0:
@@ -1052,6 +1066,8 @@ def generate_demo_scene(
     xyz = np.concatenate(all_xyz) if all_xyz else np.zeros((0, 3))
     rgb = np.concatenate(all_rgb) if all_rgb else np.zeros((0, 3))
     xyz = xyz + pts_rng.normal(scale=0.004, size=xyz.shape)
+    sky_xyz, sky_rgb = _sky_points(scene, pts_rng, count=max(200, len(xyz) // 3))
+    xyz, rgb = np.concatenate([xyz, sky_xyz]), np.concatenate([rgb, sky_rgb])
     _write_ply(output_dir / "sparse_pc.ply", xyz, np.round(rgb * 255.0).astype(np.uint8))
 
     transforms = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Literal, Optional
 
 import torch
 
@@ -22,25 +22,51 @@ class DemoJobResult:
     scene: Path
     config: Path
     labels: Path
-    psnr_before: float
-    psnr_after: float
+    psnr_before: Dict[str, float]
+    psnr_after: Dict[str, float]
     metrics: Dict[str, float]
     minutes: float
 
 
-def _eval_psnr(pipeline) -> float:
+@torch.no_grad()
+def average_psnr(pipeline, split: Literal["train", "eval"]) -> float:
+    """Mean PSNR over every image of ``split`` at full resolution (the model's own background rule)."""
     pipeline.eval()
-    value = float(pipeline.get_average_eval_image_metrics(step=0)["psnr"])
+    dm, model = pipeline.datamanager, pipeline.model
+    images = dm.cached_train if split == "train" else dm.cached_eval
+    cameras = dm.train_dataset.cameras if split == "train" else dm.eval_dataset.cameras
+    values = []
+    for i, data in enumerate(images):
+        out = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))
+        gt = model.composite_with_background(model.get_gt_img(data["image"]), out["background"])
+        values.append(float(model.psnr(out["rgb"], gt)))
     pipeline.train()
-    return value
+    return sum(values) / max(1, len(values))
+
+
+def _image_long_side(scene: Path) -> Optional[int]:
+    """Long side of the first image listed in the scene (nerfstudio layout), if it can be read cheaply."""
+    import json
+
+    from PIL import Image
+
+    meta = scene / "transforms.json"
+    if not meta.is_file():
+        return None
+    frames = json.loads(meta.read_text()).get("frames", [])
+    if not frames:
+        return None
+    with Image.open(scene / frames[0]["file_path"]) as img:
+        return max(img.size)
 
 
 @dataclass
 class TrainedRun:
     config_path: Path
     pipeline: object
-    psnr_before: float
-    psnr_after: float
+    psnr_before: Dict[str, float]
+    """Mean PSNR per split ("train", "eval") before and after training."""
+    psnr_after: Dict[str, float]
 
 
 def train_on_scene(
@@ -53,7 +79,7 @@ def train_on_scene(
     seed: int = 42,
 ) -> TrainedRun:
     """Train unified-lift on ``scene`` in-process with a schedule scaled to ``steps``; saves config and checkpoint."""
-    config = scale_schedule(trainer_config(model=model), steps)
+    config = scale_schedule(trainer_config(model=model), steps, image_long_side=_image_long_side(scene))
     config.pipeline.datamanager.data = scene
     config.output_dir = runs_dir
     config.vis = "tensorboard"
@@ -64,9 +90,9 @@ def train_on_scene(
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    psnr_before = _eval_psnr(trainer.pipeline)
+    psnr_before = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
     trainer.train()
-    psnr_after = _eval_psnr(trainer.pipeline)
+    psnr_after = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
     return TrainedRun(config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after)
 
 
@@ -112,7 +138,10 @@ def report(result: DemoJobResult) -> None:
 
     console = Console()
     print_metrics(result.metrics, title="Demo scene: segmentation metrics (all views)")
-    console.print(f"PSNR on held-out views: {result.psnr_before:.2f} dB before training -> {result.psnr_after:.2f} dB after")
+    for split, name in (("train", "training views"), ("eval", "held-out views")):
+        console.print(
+            f"PSNR on {name}: {result.psnr_before[split]:.2f} dB before training -> {result.psnr_after[split]:.2f} dB after"
+        )
     console.print(f"Scene:        {result.scene}")
     console.print(f"Trained run:  {result.config}  (open with: ns-viewer --load-config {result.config})")
     console.print(f"Label maps:   {result.labels}  (overlays in {result.labels / 'overlay'}, summary.json beside them)")
