@@ -15,6 +15,17 @@ def tiny_scene(tmp_path_factory) -> Path:
     return generate_demo_scene(tmp_path_factory.mktemp("scene") / "demo", seed=3, num_views=10, width=48, height=36)
 
 
+TRAIN_STEPS = 60
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_scene: Path, tmp_path_factory):
+    """A short CPU training run on the tiny scene, shared by model, viewer and export tests."""
+    from ulift_ns.job import train_on_scene
+
+    return train_on_scene(tiny_scene, tmp_path_factory.mktemp("runs"), TRAIN_STEPS, device="cpu", quiet=True)
+
+
 def copy_scene(scene: Path, dest: Path) -> Path:
     """A private, writable copy of a scene for tests that damage it."""
     import shutil

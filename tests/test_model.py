@@ -14,12 +14,12 @@ from ulift_ns.job import train_on_scene
 from ulift_ns.model import UnifiedLiftModelConfig
 from ulift_ns.predict import load_pipeline, split_cameras
 
-STEPS = 60
+from tests.conftest import TRAIN_STEPS as STEPS
 
 
 @pytest.fixture(scope="module")
-def run(tiny_scene: Path, tmp_path_factory):
-    return train_on_scene(tiny_scene, tmp_path_factory.mktemp("runs"), STEPS, device="cpu", quiet=True)
+def run(trained_run):
+    return trained_run
 
 
 def _seed_point_count(scene: Path) -> int:

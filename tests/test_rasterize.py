@@ -562,6 +562,32 @@ def test_culled_gaussians_have_zero_radii_and_gradients() -> None:
     assert (info["means2d"].grad[0, 2:] == 0).all() and (info["means2d"].absgrad[0, 2:] == 0).all()
 
 
+@pytest.mark.parametrize("case", ["empty", "all_behind"])
+def test_nothing_drawn_gives_empty_images_and_zero_gradients(case: str) -> None:
+    n = 0 if case == "empty" else 5
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(n, 3, generator=gen, dtype=F64) * 0.1 + torch.tensor([0.0, 0.0, -3.0], dtype=F64)
+    params = [
+        means, torch.randn(n, 4, generator=gen, dtype=F64), torch.full((n, 3), 0.1, dtype=F64),
+        torch.full((n,), 0.9, dtype=F64), torch.rand(n, 3, generator=gen, dtype=F64),
+    ]
+    params = [p.requires_grad_(True) for p in params]
+    viewmats = torch.eye(4, dtype=F64)[None].repeat(2, 1, 1)
+    ks = torch.tensor([[16.0, 0.0, 8.0], [0.0, 16.0, 6.0], [0.0, 0.0, 1.0]], dtype=F64)[None].repeat(2, 1, 1)
+    bg = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=F64)
+    render, alpha, info = rasterization(*params, viewmats, ks, 16, 12, render_mode="RGB+ED", backgrounds=bg, absgrad=True)
+    assert render.shape == (2, 12, 16, 4) and info["n_intersections"] == 0
+    assert (alpha == 0).all() and (render[..., 3] == 0).all()
+    torch.testing.assert_close(render[..., :3], bg[:, None, None, :].expand(2, 12, 16, 3))
+    info["means2d"].retain_grad()
+    (render.sum() + alpha.sum()).backward()
+    assert all(p.grad is not None and (p.grad == 0).all() for p in params)
+    assert info["means2d"].absgrad.shape == (2, n, 2) and (info["radii"] == 0).all()
+    with torch.no_grad():
+        render2, _, _ = rasterization(*params, viewmats, ks, 16, 12, render_mode="RGB+ED", backgrounds=bg)
+    torch.testing.assert_close(render2, render.detach())
+
+
 def test_dispatch_and_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     import gsplat
 

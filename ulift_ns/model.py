@@ -24,6 +24,7 @@ from ulift_ns.lift.codebook import instance_ids
 from ulift_ns.lift.objective import LiftLossConfig, lift_losses
 from ulift_ns.palette import instance_palette
 from ulift_ns.rasterize import rasterization, spherical_harmonics
+from ulift_ns.viewer import InstanceSelector
 
 OPACITY_THRESHOLD = 0.5
 """Pixels whose accumulated opacity is below this get label 0 (nothing there)."""
@@ -107,6 +108,7 @@ class UnifiedLiftModel(SplatfactoModel):
         self.register_buffer("palette", instance_palette(self.config.codebook_size), persistent=False)
         # Off by default: a 16-channel output would show as a flickering PCA image in the viewer.
         self.eval_outputs_features = False
+        self.selector = InstanceSelector(self)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         # Override: splatfacto hard-codes six names; identity features need their own optimiser group.
@@ -137,7 +139,34 @@ class UnifiedLiftModel(SplatfactoModel):
         out = self.get_empty_outputs(width, height, self.background_color.to(self.device))
         zeros = torch.zeros(height, width, 1, device=self.device)
         out.update(instance=torch.zeros(height, width, 3, device=self.device), instance_id=zeros, instance_confidence=zeros)
+        out["selection"] = out["rgb"]
         return out
+
+    def _rasterize(self, params: Dict[str, Tensor], viewmat: Tensor, K: Tensor, W: int, H: int, render_mode: str, with_features: bool = True):
+        """One fused pass: SH-evaluated RGB (+ identity features) (+ depth)."""
+        d = self.config.feature_dim
+        colors = self._gaussian_rgb(params, viewmat)
+        if with_features:
+            colors = torch.cat([colors, params["identity"]], dim=-1)
+        return rasterization(
+            means=params["means"],
+            quats=params["quats"],
+            scales=torch.exp(params["scales"]),
+            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
+            colors=colors,
+            viewmats=viewmat,
+            Ks=K,
+            width=W,
+            height=H,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode=render_mode,
+            absgrad=self.strategy.absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+            backend=self.config.rasterizer_backend,
+            no_geometry_grad_channels=None if (self.config.feature_grad_to_geometry or not with_features) else (3, 3 + d),
+        )
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[Tensor, List]]:
         # Override: splatfacto's version hard-codes .cuda() and gsplat; this renders RGB, identity
@@ -166,27 +195,7 @@ class UnifiedLiftModel(SplatfactoModel):
         camera.rescale_output_resolution(scale)
 
         render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
-        d = self.config.feature_dim
-        colors = torch.cat([self._gaussian_rgb(params, viewmat), params["identity"]], dim=-1)
-        render, alpha, info = rasterization(
-            means=params["means"],
-            quats=params["quats"],
-            scales=torch.exp(params["scales"]),
-            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
-            colors=colors,
-            viewmats=viewmat,
-            Ks=K,
-            width=W,
-            height=H,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            render_mode=render_mode,
-            absgrad=self.strategy.absgrad,
-            rasterize_mode=self.config.rasterize_mode,
-            backend=self.config.rasterizer_backend,
-            no_geometry_grad_channels=None if self.config.feature_grad_to_geometry else (3, 3 + d),
-        )
+        render, alpha, info = self._rasterize(params, viewmat, K, W, H, render_mode)
         if self.training:
             self.info = info
             self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)
@@ -195,7 +204,7 @@ class UnifiedLiftModel(SplatfactoModel):
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
         if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
             rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], H, W)
-        features = render[0, ..., 3 : 3 + d]
+        features = render[0, ..., 3 : 3 + self.config.feature_dim]
         accumulation = alpha[0]
         outputs: Dict[str, Union[Tensor, List]] = {"rgb": rgb[0], "accumulation": accumulation, "background": background}
         if render_mode == "RGB+ED":
@@ -205,6 +214,14 @@ class UnifiedLiftModel(SplatfactoModel):
             outputs["features"] = features
         if not self.training:
             outputs.update(self.instance_outputs(features, accumulation))
+
+            def render_subset(keep: Tensor) -> Tensor:
+                subset = {k: v[keep] for k, v in params.items()}
+                sub_render, sub_alpha, _ = self._rasterize(subset, viewmat, K, W, H, "RGB", with_features=False)
+                return torch.clamp(sub_render[0] + (1 - sub_alpha[0]) * background, 0.0, 1.0)
+
+            labels = outputs["instance_id"][..., 0].long()
+            outputs["selection"] = self.selector.selection_image(outputs["rgb"], labels, params["identity"], render_subset)
             if background.shape[0] == 3:
                 outputs["background"] = background.expand(H, W, 3)
         return outputs
