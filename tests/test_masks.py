@@ -19,7 +19,6 @@ from ulift_ns.masks import (
     MaskSettings,
     MaskSettingsError,
     SamParams,
-    SlicParams,
     make_masks,
     merge_masks,
     scene_images,

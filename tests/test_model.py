@@ -134,3 +134,28 @@ def test_model_config_values_travel_to_the_model(tiny_scene: Path, tmp_path: Pat
     model = run.pipeline.model
     assert model.codebook.shape == (7, 5) and model.identity.shape[1] == 5
     assert np.isfinite(run.psnr_after["train"])
+
+
+def test_ns_eval_adds_segmentation_metrics(run, tmp_path: Path):
+    import json
+
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-c", "from nerfstudio.scripts.eval import entrypoint; entrypoint()",
+           "--load-config", str(run.config_path), "--output-path", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert "psnr" in results and "lpips" not in results
+    for key in ("seg_pq", "seg_miou", "seg_consistency", "seg_map"):
+        assert 0.0 <= results[key] <= 100.0, key
+    assert results["seg_num_views"] >= 1
+
+
+def test_ns_render_writes_an_instance_video(run, tmp_path: Path):
+    out = tmp_path / "instance.mp4"
+    cmd = [sys.executable, "-c", "from nerfstudio.scripts.render import entrypoint; entrypoint()", "interpolate",
+           "--load-config", str(run.config_path), "--rendered-output-names", "instance", "--frame-rate", "4",
+           "--interpolation-steps", "2", "--output-path", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.is_file() and out.stat().st_size > 1000

@@ -13,12 +13,12 @@ from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from ulift_ns.compat import allow_numpy_scalars_in_checkpoints
 from ulift_ns.datamanager import UnifiedLiftDataManagerConfig
 from ulift_ns.model import UnifiedLiftModelConfig
+from ulift_ns.pipeline import UnifiedLiftPipelineConfig
 
 METHOD_NAME = "unified-lift"
 
@@ -60,7 +60,7 @@ def trainer_config(model: UnifiedLiftModelConfig | None = None, max_steps: int =
         steps_per_eval_all_images=1000,
         max_num_iterations=max_steps,
         mixed_precision=False,
-        pipeline=VanillaPipelineConfig(
+        pipeline=UnifiedLiftPipelineConfig(
             datamanager=UnifiedLiftDataManagerConfig(),
             model=model or UnifiedLiftModelConfig(),
         ),

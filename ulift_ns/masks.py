@@ -411,6 +411,7 @@ def make_masks(
     todo: List[Tuple[Path, Dict[str, Any]]] = []
     skipped: List[str] = []
     foreign: List[Path] = []
+    refreshed = False
     for image in images:
         mask = mask_dir / f"{image.stem}.png"
         entry = entries.get(image.stem)
@@ -419,6 +420,7 @@ def make_masks(
             skipped.append(image.stem)
             if entry["image"] != image_rec:  # e.g. touched but unchanged: refresh the cheap check
                 entry["image"] = image_rec
+                refreshed = True
             continue
         if mask.exists() and not _is_ours(entry, mask):
             foreign.append(mask)
@@ -431,17 +433,15 @@ def make_masks(
         )
 
     manifest_path = mask_dir / MANIFEST
-    for image, image_rec in todo:  # claim the work first, so an interrupted run is resumed, not refused
-        entries[image.stem] = {"status": "pending", "image": image_rec, "settings": record}
-    if todo:
-        write_json_atomic(manifest_path, manifest)
-
     generated: List[str] = []
     if todo:
-        segment = make_segmenter(settings, sam_factory)
+        segment = make_segmenter(settings, sam_factory)  # load the model before claiming anything
+        for image, image_rec in todo:  # claim the work, so an interrupted run is resumed, not refused
+            entries[image.stem] = {"status": "pending", "image": image_rec, "settings": record}
+        write_json_atomic(manifest_path, manifest)
         last_flush = time.monotonic()
         try:
-            with _progress(progress, len(todo), settings.method) as advance:
+            with _Progress(progress, len(todo), settings.method) as advance:
                 for image, image_rec in todo:
                     labels = segment(read_rgb(image))
                     mask = mask_dir / f"{image.stem}.png"
@@ -462,12 +462,12 @@ def make_masks(
                         last_flush = time.monotonic()
         finally:
             write_json_atomic(manifest_path, manifest)
-    elif skipped and manifest_path.exists():
-        write_json_atomic(manifest_path, manifest)  # refreshed stat records
+    elif refreshed:
+        write_json_atomic(manifest_path, manifest)
     return MaskRunResult(mask_dir, generated, skipped, manifest_path)
 
 
-class _progress:
+class _Progress:
     """A rich progress bar, or nothing when ``enabled`` is False."""
 
     def __init__(self, enabled: bool, total: int, method: str):

@@ -1,0 +1,53 @@
+"""VanillaPipeline plus scene-level segmentation metrics wherever nerfstudio averages eval metrics.
+
+``ns-eval`` and the trainer's all-image evaluation call ``get_average_eval_image_metrics``;
+when the eval views have ground truth (``SCENE/gt_masks``), PQ / mIoU / consistency / mAP
+over those views (pooled, so ids must agree across views) join PSNR and SSIM there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Type
+
+import torch
+
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+
+from ulift_ns.datamanager import GT_LABELS
+from ulift_ns.metrics import evaluate_all
+
+SEGMENTATION_PREFIX = "seg_"
+
+
+@dataclass
+class UnifiedLiftPipelineConfig(VanillaPipelineConfig):
+    _target: Type = field(default_factory=lambda: UnifiedLiftPipeline)
+
+
+class UnifiedLiftPipeline(VanillaPipeline):
+    @torch.no_grad()
+    def segmentation_metrics(self) -> dict:
+        """Metrics over every eval view that has a ground-truth label map; empty when none has."""
+        preds, gts = [], []
+        for camera, batch in self.datamanager.fixed_indices_eval_dataloader:
+            if GT_LABELS not in batch:
+                continue
+            out = self.model.get_outputs_for_camera(camera)
+            preds.append(out["instance_id"][..., 0].round().long().cpu().numpy())
+            gts.append(batch[GT_LABELS].cpu().numpy())
+        if not preds:
+            return {}
+        scores = evaluate_all(preds, gts)
+        return {f"{SEGMENTATION_PREFIX}{k}": float(v) for k, v in scores.items()} | {"seg_num_views": len(preds)}
+
+    def get_average_eval_image_metrics(self, step=None, output_path=None, get_std=False):
+        # Override: per-image averages cannot express scene-level (cross-view) segmentation quality.
+        metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
+        was_training = self.training
+        self.eval()
+        try:
+            metrics.update(self.segmentation_metrics())
+        finally:
+            self.train(was_training)
+        return metrics
