@@ -155,7 +155,7 @@ def test_ns_render_writes_an_instance_video(run, tmp_path: Path):
     out = tmp_path / "instance.mp4"
     cmd = [sys.executable, "-c", "from nerfstudio.scripts.render import entrypoint; entrypoint()", "interpolate",
            "--load-config", str(run.config_path), "--rendered-output-names", "instance", "--frame-rate", "4",
-           "--interpolation-steps", "2", "--output-path", str(out)]
+           "--interpolation-steps", "2", "--pose-source", "train", "--output-path", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.is_file() and out.stat().st_size > 1000

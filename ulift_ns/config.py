@@ -107,6 +107,12 @@ def scale_schedule(config: TrainerConfig, max_steps: int, image_long_side: Optio
     model.stop_screen_size_at = steps(4000, 100)
     config.max_num_iterations = max_steps
     config.optimizers = optimizers(max_steps)
+    # Adam moves a parameter about lr per step, so identity features and the codebook (constant lr,
+    # starting far from their targets) would travel too little in a short run: give them the same
+    # total travel as in 30k steps, capped at 10x.
+    boost = min(10.0, max(1.0, 30000.0 / max_steps))
+    for group in ("identity", "codebook"):
+        config.optimizers[group]["optimizer"].lr *= boost
     config.steps_per_save = max_steps
     config.steps_per_eval_all_images = max_steps + 1
     return config
