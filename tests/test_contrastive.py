@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.lift_reference import loop_prototypes_and_temperatures
 from ulift_ns.lift.contrastive import (
     contrastive_loss,
     mask_prototypes,
@@ -31,19 +32,10 @@ def reference_loss(
     norm = features.norm(dim=-1, keepdim=True)
     f_hat = features / (norm.detach() if detach_norm else norm)
     ids = [u for u in sorted(set(labels.tolist())) if u > 0 and int((labels == u).sum()) > min_pixels]
-    protos, temps = [], []
-    for u in ids:
-        fm = f_hat[labels == u]
-        n = fm.shape[0]
-        proto = fm.mean(0)
-        raw = (fm - proto).norm(dim=1).sum() / (n * math.log(n + 10))
-        protos.append(proto)
-        temps.append(torch.clamp(temp_scale * raw, temp_min, temp_max).detach())
     norm_reg = ((features.norm(dim=-1) - 1) ** 2).mean()
     if not ids:
         return features.sum() * 0 + norm_weight * norm_reg, torch.tensor(0.0)
-    P = torch.stack(protos)
-    T = torch.stack(temps)
+    P, T = loop_prototypes_and_temperatures(f_hat, labels, ids, temp_scale, temp_min, temp_max)
     total = 0.0
     for i, u in enumerate(ids):
         fm = f_hat[labels == u]

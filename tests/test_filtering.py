@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from tests.lift_reference import loop_prototypes_and_temperatures
 from ulift_ns.lift.filtering import confident_pixels, label_confidence
 
 
@@ -14,16 +13,7 @@ def reference_confidence(features, labels, temp_scale=0.1, temp_min=0.1, temp_ma
     """Per-mask Python loop transcription of METHOD.md item 6."""
     f_hat = features / features.norm(dim=-1, keepdim=True)
     ids = sorted(u for u in set(labels.tolist()) if u > 0)
-    protos, temps = [], []
-    for u in ids:
-        fm = f_hat[labels == u]
-        n = fm.shape[0]
-        proto = fm.mean(0)
-        raw = (fm - proto).norm(dim=1).sum() / (n * math.log(n + 10))
-        protos.append(proto)
-        temps.append(min(max(temp_scale * float(raw), temp_min), temp_max))
-    P = torch.stack(protos)
-    T = torch.tensor(temps, dtype=features.dtype)
+    P, T = loop_prototypes_and_temperatures(f_hat, labels, ids, temp_scale, temp_min, temp_max)
     conf = torch.zeros(features.shape[0], dtype=features.dtype)
     for p in range(features.shape[0]):
         u = int(labels[p])
