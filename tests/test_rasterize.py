@@ -263,22 +263,22 @@ def test_float32_forward_and_backward_close_to_float64_reference() -> None:
     p32 = [p.detach().float().requires_grad_(True) for p in ref_params]
     cams32 = dict(cams, viewmats=scene["viewmats"].float(), Ks=scene["Ks"].float())
     render, alpha, _ = rasterization(*p32, **cams32, render_mode="RGB+ED")
-    # Colours and alpha are in [0, 1]: float32 rounding is ~1e-7 per step; a bug is >> 1e-4.
-    assert (render[..., :3].double() - ref_render[..., :3]).abs().max() < 2e-4
-    assert (alpha.double() - ref_alpha).abs().max() < 2e-4
+    # Colours and alpha are in [0, 1]; measured float32 errors are ~1e-6, a real bug is >> 2e-5.
+    assert (render[..., :3].double() - ref_render[..., :3]).abs().max() < 2e-5
+    assert (alpha.double() - ref_alpha).abs().max() < 2e-5
     covered = ref_alpha[..., 0] > 0.05  # expected depth is ill-conditioned where nothing is drawn
-    assert (render[..., 3].double() - ref_render[..., 3])[covered].abs().max() < 1e-3
+    assert (render[..., 3].double() - ref_render[..., 3])[covered].abs().max() < 1e-4
     # Also the float32 reference agrees with the float32 tiled path.
     r32, a32 = rasterization_reference(*p32, **cams32, render_mode="RGB+ED")
-    assert (render - r32)[..., :3].abs().max() < 2e-4 and (alpha - a32).abs().max() < 2e-4
-    # Gradients in float32 stay close to the float64 ones (relative to their scale).
+    assert (render - r32)[..., :3].abs().max() < 2e-5 and (alpha - a32).abs().max() < 2e-5
+    # Gradients in float32 stay close to the float64 ones (relative to their scale; measured <= 2e-5).
     g = torch.randn(render.shape, generator=scene["gen"], dtype=F64)
     g[..., 3] = 0  # skip expected depth, ill-conditioned at tiny alpha
     grads = torch.autograd.grad((render.double() * g).sum(), p32)
     ref_grads = torch.autograd.grad((ref_render * g).sum(), ref_params)
     for name, a, b in zip(PARAM_NAMES, grads, ref_grads):
         err = float((a.double() - b).abs().max() / b.abs().max())
-        assert err < 1e-2, f"float32 d/d{name} relative error {err}"
+        assert err < 1e-3, f"float32 d/d{name} relative error {err}"
 
 
 # --------------------------------------------------------------------------- gradcheck

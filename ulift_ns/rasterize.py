@@ -369,7 +369,6 @@ class _CompositeTiles(torch.autograd.Function):
                 abs_x = torch.matmul(ones, per_pixel_x.abs_())[:, 0]
                 abs_y = torch.matmul(ones, per_pixel_y.abs_())[:, 0]
                 g_abs.index_add_(0, ids, torch.stack([abs_x, abs_y], -1).flatten(0, 1))
-        ctx.saved_blocks = None
         shape = means2d.shape[:2]
         if ctx.want_absgrad:
             # gsplat's contract: DefaultStrategy reads the summed per-pixel |grad| from this attribute.
