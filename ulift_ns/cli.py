@@ -214,7 +214,7 @@ COMMANDS = {
 
 
 def main(argv: Optional[list] = None) -> None:
-    command = tyro.extras.subcommand_cli_from_dict({k: v for k, v in COMMANDS.items()}, args=argv)
+    command = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv)
     command.main()
 
 

@@ -76,6 +76,10 @@ unified_lift = MethodSpecification(
 )
 
 
+SMALL_IMAGE_SIDE = 256
+"""Below this long side (px), the screen-size densification rules are switched off in short runs."""
+
+
 def downscales_for(image_long_side: int) -> int:
     """Splatfacto's coarse-to-fine start (1/4 resolution) is sized for ~1000 px photos; small images skip it.
 
@@ -92,6 +96,7 @@ def scale_schedule(config: TrainerConfig, max_steps: int, image_long_side: Optio
     ``image_long_side`` the coarse-to-fine resolution start is sized to the images.
     """
     model = config.pipeline.model
+    small_images = image_long_side is not None and image_long_side < SMALL_IMAGE_SIDE
     if image_long_side is not None:
         model.num_downscales = downscales_for(image_long_side)
     f = max_steps / 30000.0
@@ -104,7 +109,9 @@ def scale_schedule(config: TrainerConfig, max_steps: int, image_long_side: Optio
     model.resolution_schedule = steps(3000, 50)
     model.sh_degree_interval = steps(1000, 50)
     model.stop_split_at = steps(15000, 100)
-    model.stop_screen_size_at = steps(4000, 100)
+    # gsplat's screen-size split/prune (radius > 5% / 15% of the image) fires for almost every
+    # Gaussian on images of a few dozen to ~200 px and grows the model without bound; off there.
+    model.stop_screen_size_at = 0 if small_images else steps(4000, 100)
     config.max_num_iterations = max_steps
     config.optimizers = optimizers(max_steps)
     # Adam moves a parameter about lr per step, so identity features and the codebook (constant lr,

@@ -35,8 +35,14 @@ class LiftLossConfig:
     """Off: features only (the contrastive + clustering baseline)."""
     area_normalised: bool = False
     """Panoptic Lifting's per-area matching cost instead of Unified-Lift's area-aware one."""
-    class_weight: Optional[float] = None
-    """Cross-entropy weight; None means the official 1e-4 / log(L)."""
+    class_weight: Optional[float] = 1.0
+    """Cross-entropy weight; None means the official 1e-4 / log(L).
+
+    Departure from the official code: at 1e-4 / log(L) the concentration loss owns the
+    codebook's (scale-invariant) Adam updates and keeps rows at unit norm, so C·f stays
+    in [-1, 1], probabilities stay flat and the per-view Hungarian flips objects between
+    near-duplicate rows.  On the demo scenes (600 steps) that gave PQ 34.5 vs 74.5 and
+    consistency 82.8 vs 98.7 at weight 1.0 (README, Accuracy)."""
     concentration_weight: float = 1.0
     use_filter: bool = True
     """Noisy-label filtering: leave low-agreement pixels out of the codebook losses."""
