@@ -58,6 +58,27 @@ def test_codebook_logits_is_matmul():
             assert out[p, k].item() == pytest.approx(float((f[p] * C[k]).sum()), abs=1e-5)
 
 
+def test_cosine_logits_scale_a_cosine_and_ignore_norms():
+    f = torch.tensor([[3.0, 4.0], [0.0, -2.0]])
+    C = torch.tensor([[10.0, 0.0], [0.0, 0.5], [-1.0, -1.0]])
+    out = codebook_logits(f, C, scale=10.0, cosine=True)
+    expected = 10.0 * torch.tensor([[0.6, 0.8, -1.4 / 2**0.5], [0.0, -1.0, 2**0.5 / 2]])
+    torch.testing.assert_close(out, expected)
+    # Row and feature lengths do not matter, only directions: rescaling changes nothing.
+    torch.testing.assert_close(codebook_logits(7 * f, C * torch.tensor([[0.1], [9.0], [2.0]]), 10.0, True), expected)
+    # The raw (official) logits do depend on the row length, so row 0 wins for pixel 0 there.
+    assert codebook_logits(f, C).argmax(1).tolist() == [0, 2]
+    assert out.argmax(1).tolist() == [1, 2]
+
+
+def test_concentration_with_unit_rows_ignores_row_length():
+    f = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    C = torch.tensor([[5.0, 0.0], [0.0, 0.2]])
+    targets = torch.tensor([0, 1])
+    assert concentration_loss(f, C, targets, unit_rows=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert concentration_loss(f, C, targets).item() == pytest.approx((4.0 + 0.8) / 2)
+
+
 def test_instance_ids_argmax_and_prob_any_leading_shape():
     f = torch.randn(3, 5, 4)
     C = torch.randn(6, 4)

@@ -120,7 +120,7 @@ def test_labels_are_the_designed_ones(run):
     labels, prob = run["model"].gaussian_instance_ids()
     ok = np.arange(labels.shape[0]) != NAN_IDENTITY
     assert np.array_equal(labels.numpy()[ok], run["labels"][ok])
-    assert float(prob[torch.from_numpy(ok)].min()) > 0.99
+    assert float(prob[torch.from_numpy(ok)].min()) > 0.95  # flat over L = 256 entries would be 0.004
 
 
 def test_scene_ply_matches_ns_export(run, cli_export):
@@ -180,7 +180,7 @@ def test_objects_json(run, cli_export):
         np.testing.assert_allclose(hi, pts.max(0), atol=1e-6)
         assert o["color"] == [round(float(v) * 255) for v in palette[o["id"] - 1]]
         assert all(0 <= v <= 255 for v in o["color"])
-        assert 0.99 < o["mean_confidence"] <= 1.0
+        assert 0.95 < o["mean_confidence"] <= 1.0
         assert o["ply"] == f"object_{o['id']}.ply"
 
 

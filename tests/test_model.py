@@ -71,9 +71,35 @@ def test_per_gaussian_labels_follow_the_codebook(run):
     model = run.pipeline.model
     labels, prob = model.gaussian_instance_ids()
     assert labels.shape == (model.num_points,) and labels.min() >= 1
-    expected = torch.argmax(model.identity @ model.codebook.T, dim=-1) + 1
+    # Default rule: cosine between each Gaussian's identity and each codebook row.
+    cos = torch.nn.functional.cosine_similarity(model.identity[:, None, :], model.codebook[None, :, :], dim=-1)
+    expected = torch.argmax(cos, dim=-1) + 1
     assert torch.equal(labels, expected)
     assert torch.all((prob > 0) & (prob <= 1))
+
+
+def test_rendered_features_depend_only_on_identity_directions(run):
+    model = run.pipeline.model
+    model.eval()
+    _, camera = split_cameras(run.pipeline, "train")[0]
+    saved = model.gauss_params["identity"].detach().clone()
+    lengths = torch.rand(saved.shape[0], 1, generator=torch.Generator().manual_seed(0)) * 20 + 0.05
+    model.eval_outputs_features = True
+    try:
+        with torch.no_grad():
+            before = model.get_outputs_for_camera(camera)["features"]
+            model.gauss_params["identity"].mul_(lengths)
+            after = model.get_outputs_for_camera(camera)["features"]
+            model.config.unit_gaussian_features = False
+            raw = model.get_outputs_for_camera(camera)["features"]
+    finally:
+        model.config.unit_gaussian_features = True
+        model.eval_outputs_features = False
+        with torch.no_grad():
+            model.gauss_params["identity"].copy_(saved)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    assert float(before.norm(dim=-1).max()) <= 1.0 + 1e-4  # a convex mix of unit vectors
+    assert not torch.allclose(raw, before, atol=1e-2)  # the official raw rendering does see the lengths
 
 
 def test_checkpoint_reloads_with_the_same_predictions(run):

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from nerfstudio.cameras.cameras import Cameras
-from ulift_ns.lift.codebook import instance_ids
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerClick, ViewerControl, ViewerDropdown
 
@@ -121,7 +120,7 @@ class InstanceSelector(nn.Module):
             hit = torch.isin(labels, chosen)
             tint = model.palette[(labels - 1).clamp_min(0)]
             return torch.where(hit[..., None], 0.35 * rgb + 0.65 * tint, 0.6 * rgb)
-        gaussian_labels = instance_ids(gaussian_identity, model.codebook)[0] + 1
+        gaussian_labels = model.codebook_ids(model.rendered_identity(gaussian_identity))[0] + 1
         keep = torch.isin(gaussian_labels, chosen)
         return render_subset(keep if mode == ONLY else ~keep)
 

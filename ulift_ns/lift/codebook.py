@@ -35,20 +35,28 @@ __all__ = [
 _EPS = 1e-8
 
 
-def codebook_logits(features: Tensor, codebook: Tensor) -> Tensor:
-    """Logits ``f_p . C_k`` of every pixel against every codebook row.
+def codebook_logits(features: Tensor, codebook: Tensor, scale: float = 1.0, cosine: bool = False) -> Tensor:
+    """Logits ``scale * f_p . C_k`` of every pixel against every codebook row.
 
-    Following the official code, ``f`` is *not* normalised here (the caller
-    detaches it so that the codebook losses train only ``C``).
+    Following the official code (``scale=1``, ``cosine=False``), ``f`` is *not*
+    normalised here (the caller detaches it so that the codebook losses train
+    only ``C``).  ``cosine=True`` normalises both ``f`` and the rows, so a logit
+    is ``scale`` times a cosine: the concentration loss then sets only the
+    rows' directions and ``scale`` alone sets how peaked ``P`` is.
 
     Args:
         features: ``[P, d]`` (or ``[..., d]``).
         codebook: ``[L, d]``.
+        scale: multiplies every logit (an inverse temperature).
+        cosine: use unit features and unit rows.
 
     Returns:
         ``[P, L]`` (or ``[..., L]``).
     """
-    return features @ codebook.t()
+    if cosine:
+        features = F.normalize(features, dim=-1, eps=_EPS)
+        codebook = F.normalize(codebook, dim=-1, eps=_EPS)
+    return scale * (features @ codebook.t())
 
 
 @dataclass
@@ -192,6 +200,7 @@ def concentration_loss(
     codebook: Tensor,
     targets: Tensor,
     keep: Optional[Tensor] = None,
+    unit_rows: bool = False,
 ) -> Tensor:
     """Mean unsquared L2 distance ``||f_hat_p - C[target_p]||`` (loss 5).
 
@@ -208,6 +217,8 @@ def concentration_loss(
         codebook: ``[L, d]``.
         targets: ``LongTensor[P]`` virtual labels, ``-1`` = ignore.
         keep: optional ``BoolTensor[P]`` confident-pixel mask.
+        unit_rows: compare with the rows' directions only (for cosine logits,
+            where a row's norm has no meaning).
 
     Returns:
         Scalar tensor.
@@ -215,12 +226,13 @@ def concentration_loss(
     targets = targets.reshape(-1).long()
     mask = _kept(targets, keep)
     f_hat = features / features.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    dist = (f_hat - codebook[targets.clamp_min(0)]).norm(dim=-1)
+    rows = F.normalize(codebook, dim=-1, eps=_EPS) if unit_rows else codebook
+    dist = (f_hat - rows[targets.clamp_min(0)]).norm(dim=-1)
     dist = torch.where(mask, dist, torch.zeros_like(dist))
     return dist.sum() / mask.sum().clamp_min(1).to(dist.dtype)
 
 
-def instance_ids(features: Tensor, codebook: Tensor) -> Tuple[Tensor, Tensor]:
+def instance_ids(features: Tensor, codebook: Tensor, scale: float = 1.0, cosine: bool = False) -> Tuple[Tensor, Tensor]:
     """Inference rule: ``id = argmax_k softmax(C_k . f)`` and its probability.
 
     Works on any leading shape (rendered images ``[H, W, d]``, per-Gaussian
@@ -230,6 +242,6 @@ def instance_ids(features: Tensor, codebook: Tensor) -> Tuple[Tensor, Tensor]:
     Returns:
         ``(ids LongTensor[...], max_prob FloatTensor[...])``.
     """
-    probs = torch.softmax(codebook_logits(features, codebook), dim=-1)
+    probs = torch.softmax(codebook_logits(features, codebook, scale, cosine), dim=-1)
     max_prob, ids = probs.max(dim=-1)
     return ids, max_prob

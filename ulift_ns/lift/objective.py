@@ -43,6 +43,17 @@ class LiftLossConfig:
     in [-1, 1], probabilities stay flat and the per-view Hungarian flips objects between
     near-duplicate rows.  On the demo scenes (600 steps) that gave PQ 34.5 vs 74.5 and
     consistency 82.8 vs 98.7 at weight 1.0 (README, Accuracy)."""
+    logit_scale: float = 10.0
+    """Inverse temperature of the codebook softmax (official: 1)."""
+    cosine_logits: bool = True
+    """Logits ``logit_scale * cos(f, C_k)`` (official: raw ``f . C_k`` with scale 1).
+
+    Departure from the official code: with raw dot products the concentration loss keeps
+    rows near unit norm, so logits stay in about [-1, 1], ``P`` is nearly flat over L
+    entries and the Hungarian costs barely tell rows apart.  Cosine logits let the
+    concentration loss set only directions and ``logit_scale`` set the sharpness.  On the
+    demo scenes (3 seeds, 600 steps, with unit Gaussian features) this took mean
+    consistency from 92.8 to 96.5 (README, Accuracy)."""
     concentration_weight: float = 1.0
     use_filter: bool = True
     """Noisy-label filtering: leave low-agreement pixels out of the codebook losses."""
@@ -83,7 +94,7 @@ def lift_losses(
         return losses, stats
 
     f_cb = f if config.codebook_grad_to_features else f.detach()
-    logits = codebook_logits(f_cb, codebook)
+    logits = codebook_logits(f_cb, codebook, config.logit_scale, config.cosine_logits)
     assignment = area_aware_assignment(torch.softmax(logits.detach(), -1), lab, area_normalised=config.area_normalised)
     keep = assignment.pixel_targets >= 0
     if config.use_filter:
@@ -97,6 +108,6 @@ def lift_losses(
     )
     if config.concentration_weight > 0:
         losses["concentration_loss"] = config.concentration_weight * concentration_loss(
-            f_cb, codebook, assignment.pixel_targets, keep
+            f_cb, codebook, assignment.pixel_targets, keep, unit_rows=config.cosine_logits
         )
     return losses, stats
