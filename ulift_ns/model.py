@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple, Type, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor
@@ -254,9 +254,13 @@ class UnifiedLiftModel(SplatfactoModel):
         return instance_ids(features, self.codebook, self.config.lift.logit_scale, self.config.lift.cosine_logits)
 
     @torch.no_grad()
-    def gaussian_instance_ids(self) -> Tuple[Tensor, Tensor]:
-        """Per-Gaussian 3D labels: ``1 + argmax_k(C_k · f_g)`` and the winning probability."""
-        ids, prob = self.codebook_ids(self.rendered_identity(self.identity))
+    def gaussian_instance_ids(self, identity: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Per-Gaussian 3D labels ``1 + codebook index`` and the winning probability.
+
+        ``identity`` defaults to every Gaussian's feature; pass a subset (e.g. after a crop)
+        to label only those.  Uses the same logits as training, on the rendered identity.
+        """
+        ids, prob = self.codebook_ids(self.rendered_identity(self.identity if identity is None else identity))
         return ids + 1, prob
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:

@@ -120,7 +120,7 @@ class InstanceSelector(nn.Module):
             hit = torch.isin(labels, chosen)
             tint = model.palette[(labels - 1).clamp_min(0)]
             return torch.where(hit[..., None], 0.35 * rgb + 0.65 * tint, 0.6 * rgb)
-        gaussian_labels = model.codebook_ids(model.rendered_identity(gaussian_identity))[0] + 1
+        gaussian_labels = model.gaussian_instance_ids(gaussian_identity)[0]
         keep = torch.isin(gaussian_labels, chosen)
         return render_subset(keep if mode == ONLY else ~keep)
 
