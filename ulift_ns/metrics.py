@@ -247,6 +247,19 @@ def _encode_masks(label_map: np.ndarray, ids: np.ndarray, mask_utils: Any) -> Li
     return mask_utils.encode(stack)
 
 
+def _gt_annotation(ann_id: int, image_id: int, rle: Dict[str, Any], area: float, iscrowd: bool, mask_utils: Any) -> Dict[str, Any]:
+    """One class-agnostic COCO ground-truth annotation (``iscrowd`` marks the ignored void region)."""
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "segmentation": rle,
+        "area": float(area),
+        "bbox": [float(b) for b in mask_utils.toBbox(rle)],
+        "iscrowd": int(iscrowd),
+    }
+
+
 def coco_mask_map(
     preds: Sequence[LabelMap],
     gts: Sequence[LabelMap],
@@ -293,30 +306,10 @@ def coco_mask_map(
         g_ids, g_areas = g_all[g_all > 0], g_cnt[g_all > 0]
         void_area = int(g_cnt[g_all == 0].sum())
         for area, rle in zip(g_areas, _encode_masks(g, g_ids, mask_utils)):
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": rle,
-                    "area": float(area),
-                    "bbox": [float(b) for b in mask_utils.toBbox(rle)],
-                    "iscrowd": 0,
-                }
-            )
+            anns.append(_gt_annotation(len(anns) + 1, image_id, rle, area, False, mask_utils))
         if ignore_void and void_area > 0 and len(g_ids) > 0:
             (rle,) = _encode_masks(g, np.array([0]), mask_utils)
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": rle,
-                    "area": float(void_area),
-                    "bbox": [float(b) for b in mask_utils.toBbox(rle)],
-                    "iscrowd": 1,
-                }
-            )
+            anns.append(_gt_annotation(len(anns) + 1, image_id, rle, void_area, True, mask_utils))
         p_all, p_inv, p_cnt = np.unique(p.reshape(-1), return_inverse=True, return_counts=True)
         is_obj = p_all > 0
         p_ids = p_all[is_obj]
