@@ -12,7 +12,7 @@ import torch
 from plyfile import PlyData
 
 from ulift_ns import cli
-from ulift_ns.config import scale_schedule, trainer_config
+from ulift_ns.config import trainer_config
 from ulift_ns.demo import generate_demo_scene
 from ulift_ns.export import (
     OBJECTS_FILENAME,
@@ -58,7 +58,7 @@ def run(tmp_path_factory):
     """A 10-step run whose Gaussians are then given known object ids, a NaN, an inf and a faint one."""
     root = tmp_path_factory.mktemp("export")
     scene = generate_demo_scene(root / "scene", num_views=6, width=48, height=36)
-    cfg = scale_schedule(trainer_config(), 10)
+    cfg = trainer_config(max_steps=10)
     cfg.pipeline.datamanager.data = scene
     cfg.output_dir = root / "runs"
     cfg.vis = "tensorboard"

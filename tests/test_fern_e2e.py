@@ -40,7 +40,7 @@ def fern(tmp_path_factory) -> Dict:
     if not (FERN / "poses_bounds.npy").is_file() or not (FERN / "images_8").is_dir():
         pytest.skip(f"fern capture not found at {FERN}")
     pytest.importorskip("skimage")
-    from ulift_ns.config import scale_schedule, trainer_config
+    from ulift_ns.config import trainer_config
     from ulift_ns.convert import convert_llff
     from ulift_ns.masks import FelzenszwalbParams, MaskSettings, make_masks
     from ulift_ns.model import UnifiedLiftModelConfig
@@ -63,7 +63,7 @@ def fern(tmp_path_factory) -> Dict:
     t_prep = time.perf_counter() - t0
 
     meta = json.loads((scene / "transforms.json").read_text())
-    config = scale_schedule(trainer_config(model=UnifiedLiftModelConfig()), STEPS, image_long_side=max(meta["w"], meta["h"]))
+    config = trainer_config(model=UnifiedLiftModelConfig(), max_steps=STEPS)
     # 40 steps instead of 30k: the identity features and the codebook must move within them.
     config.optimizers["identity"]["optimizer"].lr = 0.05
     config.optimizers["codebook"]["optimizer"].lr = 0.01

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ulift_ns.job import train_on_scene
 from ulift_ns.model import UnifiedLiftModelConfig
@@ -147,11 +148,17 @@ def test_ns_train_cli_trains_on_cpu(tiny_scene: Path, tmp_path: Path):
         "unified-lift", "--data", str(tiny_scene), "--machine.device-type", "cpu", "--max-num-iterations", "4",
         "--vis", "tensorboard", "--output-dir", str(tmp_path), "--viewer.quit-on-train-completion", "True",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd + ["--pipeline.model.refine-every", "7"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     configs = list(tmp_path.rglob("config.yml"))
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(configs) == 1 and len(ckpts) == 1
+    # The schedule is printed in one block and config.yml holds what was used: adapted, and the user's value kept.
+    assert "unified-lift schedule for 4 steps on 48x36 px images" in done.stdout
+    assert "yours (kept)" in done.stdout
+    saved = yaml.load(configs[0].read_text(), Loader=yaml.Loader)
+    assert saved.pipeline.model.warmup_length == 20 and saved.pipeline.model.refine_every == 7
+    assert saved.optimizers["means"]["scheduler"].max_steps == 4
 
 
 def test_model_config_values_travel_to_the_model(tiny_scene: Path, tmp_path: Path):

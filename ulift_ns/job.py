@@ -9,7 +9,7 @@ from typing import Dict, Literal, Optional
 
 import torch
 
-from ulift_ns.config import scale_schedule, trainer_config
+from ulift_ns.config import trainer_config
 from ulift_ns.demo import generate_demo_scene
 from ulift_ns.labelio import write_json_atomic
 from ulift_ns.model import UnifiedLiftModelConfig
@@ -44,22 +44,6 @@ def average_psnr(pipeline, split: Literal["train", "eval"]) -> float:
     return sum(values) / max(1, len(values))
 
 
-def _image_long_side(scene: Path) -> Optional[int]:
-    """Long side of the first image listed in the scene (nerfstudio layout), if it can be read cheaply."""
-    import json
-
-    from PIL import Image
-
-    meta = scene / "transforms.json"
-    if not meta.is_file():
-        return None
-    frames = json.loads(meta.read_text()).get("frames", [])
-    if not frames:
-        return None
-    with Image.open(scene / frames[0]["file_path"]) as img:
-        return max(img.size)
-
-
 @dataclass
 class TrainedRun:
     config_path: Path
@@ -67,6 +51,8 @@ class TrainedRun:
     psnr_before: Dict[str, float]
     """Mean PSNR per split ("train", "eval") before and after training."""
     psnr_after: Dict[str, float]
+    schedule: Dict[str, object]
+    """The schedule knobs the trainer chose (``UnifiedLiftTrainer.schedule_summary``)."""
 
 
 def train_on_scene(
@@ -78,8 +64,14 @@ def train_on_scene(
     quiet: bool = False,
     seed: int = 42,
 ) -> TrainedRun:
-    """Train unified-lift on ``scene`` in-process with a schedule scaled to ``steps``; saves config and checkpoint."""
-    config = scale_schedule(trainer_config(model=model), steps, image_long_side=_image_long_side(scene))
+    """Train unified-lift on ``scene`` in-process, as ``ns-train unified-lift --max-num-iterations steps`` would.
+
+    The trainer fits the schedule to ``steps`` and the images, exactly as on the user's
+    command line.  Only logging differs: one checkpoint at the end, no periodic all-image eval.
+    """
+    config = trainer_config(model=model, max_steps=steps)
+    config.steps_per_save = steps
+    config.steps_per_eval_all_images = steps + 1
     config.pipeline.datamanager.data = scene
     config.output_dir = runs_dir
     config.vis = "tensorboard"
@@ -93,7 +85,7 @@ def train_on_scene(
     psnr_before = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
     trainer.train()
     psnr_after = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
-    return TrainedRun(config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after)
+    return TrainedRun(config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after, trainer.schedule_summary())
 
 
 def predict_and_score(pipeline, scene: Path, labels_dir: Path, readout: Readout = "codebook") -> Dict[str, float]:
