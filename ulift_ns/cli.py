@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Tuple, Union
 
 import tyro
 
@@ -19,11 +19,15 @@ class Demo:
     width: int = 160
     height: int = 120
     overwrite: bool = False
+    distortion: Optional[Tuple[float, float]] = None
+    """OPENCV radial lens distortion (k1 k2) baked into images and masks, e.g. --distortion 0.2 0.05."""
 
     def main(self) -> None:
         from ulift_ns.demo import generate_demo_scene
 
-        path = generate_demo_scene(self.output, self.seed, self.num_views, self.width, self.height, overwrite=self.overwrite)
+        path = generate_demo_scene(
+            self.output, self.seed, self.num_views, self.width, self.height, overwrite=self.overwrite, distortion=self.distortion
+        )
         print(f"Demo scene ready at {path}. Train with: ns-train unified-lift --data {path}")
 
 

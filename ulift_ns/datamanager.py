@@ -6,14 +6,21 @@ ids need not agree between views).  Optional ground truth for evaluation lives i
 
 The batch keys are ``"sam_labels"`` and ``"gt_labels"`` (int64 ``[H, W]``), never
 ``"mask"``: splatfacto multiplies its RGB loss by ``batch["mask"]``.
+
+Label maps follow the image exactly: a distorted camera's maps go through nerfstudio's
+undistortion and crop, nearest-neighbour (``ulift_ns.undistort``).  The cache holds each
+map in the smallest integer dtype that holds its ids (uint16 up to 65,535, else int32),
+a quarter of int64; batches hand out int64.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Tuple, Type
+from copy import deepcopy
+from typing import Dict, List, Literal, Sequence, Tuple, Type
 
+import numpy as np
 import torch
 
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
@@ -23,9 +30,13 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ulift_ns.dataparser import SCENE_ROOT_KEY, UnifiedLiftDataParserConfig
 from ulift_ns.labelio import LabelFileError, read_label_map
+from ulift_ns.undistort import is_distorted, training_cameras, undistort_labels
 
 SAM_LABELS = "sam_labels"
 GT_LABELS = "gt_labels"
+LABEL_KEYS = (SAM_LABELS, GT_LABELS)
+MAX_LISTED = 10
+"""Error messages list at most this many files, then a count."""
 MAKE_MASKS_HELP = (
     "Make them with `ulift masks --data {scene} --method felzenszwalb` (no weights needed) or "
     "`ulift masks --data {scene} --checkpoint sam_vit_h_4b8939.pth` (segment-anything)."
@@ -38,6 +49,22 @@ def resize_labels(labels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         return labels
     out = torch.nn.functional.interpolate(labels[None, None].double(), size=size, mode="nearest-exact")
     return out[0, 0].to(labels.dtype)
+
+
+def compact_labels(labels: np.ndarray) -> torch.Tensor:
+    """The smallest cache dtype holding these ids: uint16 for ids <= 65,535, else int32."""
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError(f"label ids must be >= 0, got {int(labels.min())}")
+    return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint16 if top <= 65535 else np.int32))
+
+
+def list_paths(paths: Sequence[Path], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` paths, one per line, and how many more there are."""
+    lines = [f"  {p}" for p in paths[:limit]]
+    if len(paths) > limit:
+        lines.append(f"  ... and {len(paths) - limit} more")
+    return "\n".join(lines)
 
 
 def check_aspect(mask_path: Path, mask_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> None:
@@ -67,6 +94,24 @@ class SamMaskDataset(InputDataset):
         root = dataparser_outputs.metadata.get(SCENE_ROOT_KEY)
         self.scene_root = Path(root) if root is not None else None
         self.mask_dir, self.gt_dir = mask_dir, gt_dir
+        # The parser's cameras: nerfstudio replaces self.cameras' intrinsics when it undistorts the images.
+        self.source_cameras = deepcopy(self.cameras)
+        if require_masks:
+            self.check_masks_exist()
+
+    def check_masks_exist(self) -> None:
+        """Every training image needs its mask: name all the missing ones at once, before anything loads."""
+        missing = [p for p in (self.label_path(i, self.mask_dir) for i in range(len(self))) if not p.is_file()]
+        if missing:
+            folder = missing[0].parent
+            raise LabelFileError(
+                f"{len(missing)} of {len(self)} training images have no mask in {folder}:\n{list_paths(missing)}\n"
+                + MAKE_MASKS_HELP.format(scene=folder.parent)
+            )
+
+    def training_cameras(self):
+        """The cameras the model is trained with (undistorted intrinsics and size), without loading images."""
+        return training_cameras(self.source_cameras)
 
     def label_path(self, image_idx: int, folder: str) -> Path:
         image_path = Path(self._dataparser_outputs.image_filenames[image_idx])
@@ -77,7 +122,7 @@ class SamMaskDataset(InputDataset):
     def _load_labels(self, path: Path, image_hw: Tuple[int, int]) -> torch.Tensor:
         labels = read_label_map(path)
         check_aspect(path, labels.shape, image_hw)
-        return resize_labels(torch.from_numpy(labels), image_hw)
+        return resize_labels(compact_labels(labels), image_hw)
 
     def get_metadata(self, data: Dict) -> Dict:
         idx = data["image_idx"]
@@ -135,20 +180,23 @@ class UnifiedLiftDataManager(FullImageDatamanager[SamMaskDataset]):
         return self._dataset(self.dataparser.get_dataparser_outputs(split=self.test_split), require_masks=False)
 
     def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> List[Dict[str, torch.Tensor]]:
-        # The parent undistorts and caches only "image"/"mask"; label maps must follow the image's final size.
+        # The parent undistorts and caches only "image"/"mask"; label maps must land on the same pixels.
         cache = super()._load_images(split, cache_images_device)
-        for data in cache:
-            hw = tuple(data["image"].shape[:2])
-            for key in (SAM_LABELS, GT_LABELS):
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        for idx, data in enumerate(cache):
+            camera = dataset.source_cameras[idx]
+            for key in LABEL_KEYS:
                 if key in data:
-                    labels = resize_labels(data[key], hw)
+                    labels = undistort_labels(data[key], camera) if is_distorted(camera) else data[key]
+                    labels = resize_labels(labels, tuple(data["image"].shape[:2]))
                     data[key] = labels.to(self.device) if cache_images_device == "gpu" else labels
+        report_cache_size(split, cache)
         return cache
 
     def _labels_to_device(self, data: Dict) -> Dict:
-        for key in (SAM_LABELS, GT_LABELS):
+        for key in LABEL_KEYS:
             if key in data:
-                data[key] = data[key].to(self.device)
+                data[key] = data[key].to(self.device).long()  # cached compact; the losses index with int64
         return data
 
     def next_train(self, step: int):
@@ -160,3 +208,17 @@ class UnifiedLiftDataManager(FullImageDatamanager[SamMaskDataset]):
         camera, data = super().next_eval_image(step)
         return camera, self._labels_to_device(data)
 
+
+
+def report_cache_size(split: str, cache: List[Dict[str, torch.Tensor]]) -> Dict[str, int]:
+    """Print (and return) the bytes the cache holds for images and for each kind of label map."""
+
+    def nbytes(key: str) -> int:
+        return sum(d[key].element_size() * d[key].numel() for d in cache if key in d)
+
+    sizes = {key: nbytes(key) for key in ("image",) + LABEL_KEYS}
+    dtypes = sorted({str(d[k].dtype).replace("torch.", "") for d in cache for k in LABEL_KEYS if k in d})
+    parts = [f"images {sizes['image'] / 1e6:.1f} MB"]
+    parts += [f"{key} {sizes[key] / 1e6:.1f} MB" for key in LABEL_KEYS if sizes[key]]
+    CONSOLE.print(f"Cached {len(cache)} {split} views: {', '.join(parts)} (label maps as {'/'.join(dtypes) or '-'})")
+    return sizes

@@ -6,6 +6,7 @@ ground-truth instance masks and *SAM-like* (noisy, view-inconsistent) masks::
 
     DIR/
       transforms.json        nerfstudio layout, camera_model OPENCV, no distortion
+                             (or k1, k2 with ``distortion=(k1, k2)`` / ``--distortion K1 K2``)
       sparse_pc.ply          seed point cloud (binary PLY: x,y,z float, red,green,blue uchar)
       images/<stem>.png      RGB uint8
       gt_masks/<stem>.png    uint16 instance ids, consistent across views
@@ -84,7 +85,7 @@ and then only the files the demo itself wrote are removed.
 CLI (wired by :mod:`ulift_ns.cli` as ``ulift demo``; also ``python -m ulift_ns.demo``)::
 
     ulift demo --output DIR [--seed N] [--num-views 48] [--width 160] [--height 120]
-               [--clean-masks] [--overwrite]
+               [--clean-masks] [--overwrite] [--distortion K1 K2]
 """
 
 from __future__ import annotations
@@ -645,17 +646,32 @@ def make_cameras(seed: int, num_views: int, width: int, height: int, target=None
     return intr, poses
 
 
+def undistort_points(xd: np.ndarray, yd: np.ndarray, k1: float, k2: float, iterations: int = 50):
+    """Invert OpenCV's radial model ``x_d = x (1 + k1 r^2 + k2 r^4)`` on normalised image coordinates."""
+    x, y = xd.copy(), yd.copy()
+    for _ in range(iterations):  # fixed point: a contraction for the moderate k1, k2 a lens has
+        r2 = x * x + y * y
+        factor = 1.0 + k1 * r2 + k2 * r2 * r2
+        x, y = xd / factor, yd / factor
+    return x, y
+
+
 def pixel_rays(c2w: np.ndarray, intr: Dict[str, float], offsets: Tuple[float, float] = (0.5, 0.5)):
     """World-space rays for every pixel; ``offsets`` is the (x, y) sub-pixel position.
 
+    Optional ``intr["k1"]``, ``intr["k2"]`` (OPENCV radial distortion) bend each pixel's
+    ray as that lens would, so images and masks carry real distortion.
     Returns ``origins, dirs`` of shape ``(h*w, 3)`` in row-major pixel order; the
     directions are unit length.
     """
     w, h = int(intr["w"]), int(intr["h"])
     jj, ii = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     x = (jj + offsets[0] - intr["cx"]) / intr["fl_x"]
-    y = -(ii + offsets[1] - intr["cy"]) / intr["fl_y"]
-    d_cam = np.stack([x, y, -np.ones_like(x)], axis=-1).reshape(-1, 3)
+    y = (ii + offsets[1] - intr["cy"]) / intr["fl_y"]
+    k1, k2 = float(intr.get("k1", 0.0)), float(intr.get("k2", 0.0))
+    if k1 or k2:
+        x, y = undistort_points(x, y, k1, k2)
+    d_cam = np.stack([x, -y, -np.ones_like(x)], axis=-1).reshape(-1, 3)
     d = d_cam @ c2w[:3, :3].T
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     o = np.broadcast_to(c2w[:3, 3], d.shape).copy()
@@ -932,7 +948,9 @@ def _expected_files(num_views: int) -> List[str]:
     return files
 
 
-def _params(seed: int, num_views: int, width: int, height: int, noise: MaskNoiseConfig) -> Dict[str, Any]:
+def _params(
+    seed: int, num_views: int, width: int, height: int, noise: MaskNoiseConfig, distortion: Optional[Tuple[float, float]] = None
+) -> Dict[str, Any]:
     p = {
         "format_version": DEMO_FORMAT_VERSION,
         "seed": int(seed),
@@ -941,6 +959,8 @@ def _params(seed: int, num_views: int, width: int, height: int, noise: MaskNoise
         "height": int(height),
         "noise": noise.to_dict(),
     }
+    if distortion is not None:  # only when asked for, so undistorted demos keep their parameters
+        p["distortion"] = {"k1": float(distortion[0]), "k2": float(distortion[1])}
     return json.loads(json.dumps(p))  # normalise types as they will read back
 
 
@@ -969,6 +989,7 @@ def generate_demo_scene(
     height: int = 120,
     noise: Optional[MaskNoiseConfig] = None,
     overwrite: bool = False,
+    distortion: Optional[Tuple[float, float]] = None,
 ) -> Path:
     """Generate (or reuse) the demo scene in ``output_dir`` and return that directory.
 
@@ -982,6 +1003,8 @@ def generate_demo_scene(
             ``MaskNoiseConfig.clean()`` for noise-free (only permuted) masks.
         overwrite: replace a previous demo that was generated with different
             parameters (only the files it wrote are removed).
+        distortion: ``(k1, k2)`` OPENCV radial distortion baked into images and masks
+            (as a real lens would) and written to ``transforms.json``; ``None``: a pinhole.
 
     Raises:
         FileExistsError: ``output_dir`` is a file, or a non-empty directory that
@@ -994,7 +1017,7 @@ def generate_demo_scene(
         raise ValueError("num_views must be >= 1")
     if int(width) < 8 or int(height) < 8:
         raise ValueError("width and height must be >= 8 pixels")
-    params = _params(seed, num_views, width, height, noise)
+    params = _params(seed, num_views, width, height, noise, distortion)
     expected = _expected_files(int(num_views))
 
     if output_dir.exists() and not output_dir.is_dir():
@@ -1039,6 +1062,8 @@ def generate_demo_scene(
 
     scene = build_scene(seed)
     intr, poses = make_cameras(seed, num_views, width, height, target=scene.target)
+    if distortion is not None:
+        intr = {**intr, "k1": float(distortion[0]), "k2": float(distortion[1])}
     pts_rng = np.random.default_rng([int(seed), 3])
     pts_per_view = max(8, int(math.ceil(4000 / num_views)))
     all_xyz, all_rgb = [], []
@@ -1078,8 +1103,8 @@ def generate_demo_scene(
         "cy": intr["cy"],
         "w": intr["w"],
         "h": intr["h"],
-        "k1": 0.0,
-        "k2": 0.0,
+        "k1": float(intr.get("k1", 0.0)),
+        "k2": float(intr.get("k2", 0.0)),
         "p1": 0.0,
         "p2": 0.0,
         "ply_file_path": "sparse_pc.ply",
@@ -1122,6 +1147,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--clean-masks", action="store_true", help="no SAM-like noise (masks = per-view permuted ground truth)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a demo generated with other parameters")
+    parser.add_argument(
+        "--distortion", type=float, nargs=2, metavar=("K1", "K2"), default=None,
+        help="bake OPENCV radial lens distortion into images and masks, e.g. --distortion 0.2 0.05",
+    )  # fmt: skip
     return parser
 
 
@@ -1135,6 +1164,7 @@ def run_demo_from_args(args: argparse.Namespace) -> Path:
         height=args.height,
         noise=noise,
         overwrite=args.overwrite,
+        distortion=getattr(args, "distortion", None),
     )
     print(f"demo scene ready: {out} (transforms.json, images/, gt_masks/, sam_masks/, sparse_pc.ply)")
     return out

@@ -35,7 +35,7 @@ class UnifiedLiftPipeline(VanillaPipeline):
                 continue
             out = self.model.get_outputs_for_camera(camera)
             preds.append(out["instance_id"][..., 0].round().long().cpu().numpy())
-            gts.append(batch[GT_LABELS].cpu().numpy())
+            gts.append(batch[GT_LABELS].long().cpu().numpy())  # cached compact (uint16)
         if not preds:
             return {}
         scores = evaluate_all(preds, gts)

@@ -53,8 +53,10 @@ def split_cameras(pipeline, split: Split) -> List[Tuple[str, object]]:
         raise ValueError(f"split must be train, test or all, got {split!r}")
     views: Dict[str, object] = {}
     for dataset in datasets[split]:
+        # The cameras the model was trained with: undistorted intrinsics and size for a distorted capture.
+        cameras = dataset.training_cameras() if hasattr(dataset, "training_cameras") else dataset.cameras
         for i, name in enumerate(dataset.image_filenames):
-            views.setdefault(Path(name).stem, dataset.cameras[i : i + 1])
+            views.setdefault(Path(name).stem, cameras[i : i + 1])
     return sorted(views.items())
 
 
