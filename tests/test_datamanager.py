@@ -66,6 +66,35 @@ def test_missing_mask_names_the_file_and_the_fix(tiny_scene: Path, tmp_path: Pat
     assert victim.name in str(err.value) and "ulift masks" in str(err.value)
 
 
+def test_all_missing_masks_are_named_at_once(tiny_scene: Path, tmp_path: Path):
+    scene = copy_scene(tiny_scene, tmp_path / "scene")
+    victims = sorted((scene / "sam_masks").glob("*.png"))[:3]
+    for v in victims:
+        v.unlink()
+    with pytest.raises(LabelFileError) as err:
+        make_datamanager(scene)
+    message = str(err.value)
+    assert all(v.name in message for v in victims) and "ulift masks" in message
+
+
+def test_missing_masks_list_the_first_ten_and_a_count():
+    from ulift_ns.datamanager import list_paths
+
+    text = list_paths([Path(f"m{i}.png") for i in range(13)])
+    assert "m9.png" in text and "m10.png" not in text and "and 3 more" in text
+
+
+def test_empty_frames_list_is_a_one_line_error(tiny_scene: Path, tmp_path: Path):
+    from ulift_ns.dataparser import SceneFormatError
+
+    scene = copy_scene(tiny_scene, tmp_path / "scene")
+    meta = json.loads((scene / "transforms.json").read_text())
+    (scene / "transforms.json").write_text(json.dumps({**meta, "frames": []}))
+    with pytest.raises(SceneFormatError, match="lists no frames") as err:
+        make_datamanager(scene)
+    assert "\n" not in str(err.value) and "ns-process-data" in str(err.value)
+
+
 def test_colour_mask_is_rejected(tiny_scene: Path, tmp_path: Path):
     scene = copy_scene(tiny_scene, tmp_path / "scene")
     victim = _first_mask(scene)

@@ -260,6 +260,33 @@ def test_subset_ids_and_refuse_overwrite(run, tmp_path):
     assert info["exported_ids"] == [3, 7]
 
 
+def test_overwrite_replaces_the_earlier_export_as_a_set(run, tmp_path):
+    model, out = run["model"], tmp_path / "set"
+    export_segmented(model, out)  # every object: 3, 7, 10
+    (out / "notes.txt").write_text("mine")
+    (out / "object_99.ply").write_bytes(b"a PLY the user put here")  # not listed in objects.json
+    export_segmented(model, out, ids=[3], overwrite=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["object_3.ply", "object_99.ply", SCENE_FILENAME, OBJECTS_FILENAME, "notes.txt"])
+
+
+def test_a_killed_export_leaves_no_temp_file_after_the_next_run(run, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "killed"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs, as after a SIGKILL
+    stale = out / f".{SCENE_FILENAME}.tmp{dead.pid}.ply"
+    stale.write_bytes(b"half a PLY")
+    live = out / f".object_3.ply.tmp{os.getpid()}.ply"  # a writer that is still running (this process)
+    live.write_bytes(b"being written")
+    export_segmented(run["model"], out, ids=[7])
+    assert not stale.exists() and live.exists()
+    live.unlink()
+
+
 def test_one_existing_target_blocks_everything(run, tmp_path):
     out = tmp_path / "partial"
     out.mkdir()

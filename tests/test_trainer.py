@@ -60,3 +60,37 @@ def test_short_run_on_small_images_densifies_moderately_and_learns_identities(ti
     write_predictions(run.pipeline, "all", tmp_path / "labels")
     metrics = evaluate_predictions(tiny_scene, tmp_path / "labels")
     assert metrics["consistency"] >= 85.0 and metrics["pq"] >= 60.0, metrics
+
+
+def test_mask_problems_are_reported_before_training(tiny_scene: Path, tmp_path: Path, capsys):
+    """Summary of the masks, a warning for a view without labels and for surplus ids, also during training."""
+    import numpy as np
+
+    from tests.conftest import copy_scene
+    from ulift_ns.job import train_on_scene
+    from ulift_ns.labelio import read_label_map, write_label_png
+    from ulift_ns.model import UnifiedLiftModelConfig
+
+    scene = copy_scene(tiny_scene, tmp_path / "scene")
+    first = sorted((scene / "sam_masks").glob("*.png"))[0]
+    write_label_png(first, np.zeros_like(read_label_map(first)))
+    train_on_scene(scene, tmp_path / "runs", 4, model=UnifiedLiftModelConfig(codebook_size=2), device="cpu", quiet=True)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "training views" in out and "% of pixels labelled" in out and "ids per view" in out
+    assert "have no labelled pixel" in out and first.stem in out
+    assert "more mask ids than the codebook's 2 rows" in out and "--pipeline.model.codebook-size" in out
+    assert "codebook rows, so" in out  # the same surplus, reported on the console during training
+
+
+def test_missing_masks_end_ns_train_with_one_message(tiny_scene: Path, tmp_path: Path):
+    from tests.conftest import copy_scene
+    from ulift_ns.job import train_on_scene
+    from ulift_ns.trainer import TrainingInputError
+
+    scene = copy_scene(tiny_scene, tmp_path / "scene")
+    victims = sorted((scene / "sam_masks").glob("*.png"))[:3]
+    for v in victims:
+        v.unlink()
+    with pytest.raises(TrainingInputError) as err:
+        train_on_scene(scene, tmp_path / "runs", 4, device="cpu", quiet=True)
+    assert str(err.value).startswith("ns-train unified-lift: 3 of") and all(v.name in str(err.value) for v in victims)

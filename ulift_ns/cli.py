@@ -59,9 +59,15 @@ class Render:
     overwrite: bool = False
 
     def main(self) -> None:
+        from ulift_ns.health import NonFiniteModelError, usable_model
         from ulift_ns.predict import load_pipeline, write_predictions
 
-        written = write_predictions(load_pipeline(self.load_config), self.split, self.output_dir, self.overwrite)
+        pipeline = load_pipeline(self.load_config)
+        try:
+            usable_model(pipeline.model, "ulift render")
+        except NonFiniteModelError as err:
+            raise SystemExit(f"ulift render: {err}") from None
+        written = write_predictions(pipeline, self.split, self.output_dir, self.overwrite)
         print(f"Wrote {len(written)} label maps to {self.output_dir} (overlays in {self.output_dir / 'overlay'})")
 
 

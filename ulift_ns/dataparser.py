@@ -9,6 +9,7 @@ seed-point loading are reused unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Type
@@ -23,6 +24,24 @@ LAYOUT_HELP = (
     "Expected one of: SCENE/transforms.json (nerfstudio, e.g. from `ns-process-data` or `ulift convert llff`), "
     "SCENE/sparse/0 + SCENE/images (COLMAP), or SCENE/colmap/sparse/0 + SCENE/images (ns-process-data COLMAP)."
 )
+
+
+class SceneFormatError(ValueError):
+    """A scene file nerfstudio would choke on with an unexplained error; the message names it and the fix."""
+
+
+def check_transforms(path: Path) -> None:
+    """nerfstudio fails on an empty ``frames`` list with a bare IndexError; say what is wrong instead."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SceneFormatError(f"Cannot read {path} ({err}): it must be a JSON file as ns-process-data writes.") from err
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not frames:
+        raise SceneFormatError(
+            f"{path} lists no frames: add one entry per image to \"frames\" (file_path + transform_matrix), "
+            "e.g. by re-running ns-process-data or ulift convert llff."
+        )
 
 
 def detect_layout(data: Path) -> tuple[Literal["nerfstudio", "colmap"], Optional[Path]]:
@@ -90,6 +109,7 @@ class UnifiedLiftDataParser(DataParser):
         if c.eval_mode is not None:
             common["eval_mode"] = c.eval_mode
         if layout == "nerfstudio":
+            check_transforms(c.data if c.data.is_file() else c.data / "transforms.json")
             return NerfstudioDataParserConfig(**common)
         assert colmap_dir is not None
         if not (c.data / c.images_path).is_dir():

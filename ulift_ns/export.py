@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ulift_ns.labelio import atomic_path, check_can_write, write_json_atomic
+from ulift_ns.labelio import atomic_path, check_can_write, remove_stale_temp_files, write_json_atomic
 
 SELECTION_FILENAME = "selection.json"
 """Written by the viewer into the run directory (``config.yml``'s folder) as ``{"ids": [...]}``."""
@@ -262,6 +262,27 @@ def parse_ids(text: str) -> List[int]:
 # --------------------------------------------------------------------------- segmented export
 
 
+def previous_export_files(output_dir: Path) -> List[Path]:
+    """The files an earlier ``ulift export`` wrote into ``output_dir``, as its ``objects.json`` lists them.
+
+    Nothing is listed for a missing, unreadable or foreign ``objects.json``: only a set we
+    wrote ourselves is ever replaced as a set.
+    """
+    path = Path(output_dir) / OBJECTS_FILENAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("format") != OBJECTS_FORMAT:
+        return []
+    objects = data.get("objects") if isinstance(data.get("objects"), list) else []
+    names = [data.get("scene_ply")] + [o.get("ply") for o in objects if isinstance(o, dict)]
+    # Plain file names only: a listed "../x.ply" must never reach outside the export folder.
+    files = [path.parent / n for n in names if isinstance(n, str) and n.endswith(".ply") and Path(n).name == n]
+    return files + [path]
+
+
+
 def _object_table(labels: np.ndarray, means: np.ndarray, prob: np.ndarray):
     """Per present label (> 0): count, bbox min/max and mean probability, all vectorised."""
     assigned = labels > 0
@@ -289,8 +310,9 @@ def export_segmented(
     """Write ``object_<id>.ply`` per object (all, or only ``ids``), ``scene_instances.ply`` and ``objects.json``.
 
     Every target is checked before anything is written, so an existing file (without
-    ``overwrite``) or an unknown id leaves ``output_dir`` untouched.  Returns the content
-    of ``objects.json``.
+    ``overwrite``) or an unknown id leaves ``output_dir`` untouched.  With ``overwrite``
+    the earlier export's set is replaced: the files its ``objects.json`` lists and this one
+    does not write are removed, and nothing else.  Returns the content of ``objects.json``.
     """
     output_dir = Path(output_dir)
     n_total = int(model.gauss_params["means"].shape[0])
@@ -328,6 +350,8 @@ def export_segmented(
     targets += [output_dir / SCENE_FILENAME, output_dir / OBJECTS_FILENAME]
     for path in targets:
         check_can_write(path, overwrite)
+    remove_stale_temp_files(output_dir)  # left by an export that was killed
+    replaced = previous_export_files(output_dir) if overwrite else []
 
     scene = gaussian_ply_array(model, mask=keep, extra={"instance_id": labels.astype(np.int32)})
     num_std = len(scene.dtype.names) - 1
@@ -359,6 +383,8 @@ def export_segmented(
         write_ply(output_dir / object_filename(label), part, comments=[f"ulift_ns object {label}"])
     write_ply(output_dir / SCENE_FILENAME, scene, comments=["instance_id: 1 + codebook index, 0 = no object"])
 
+    for path in set(replaced) - set(targets):  # --overwrite replaces the earlier export as a set
+        path.unlink(missing_ok=True)
     summary = {
         "format": OBJECTS_FORMAT,
         "num_gaussians": int(keep.sum()),
@@ -389,5 +415,7 @@ def run_export(
 
     from ulift_ns.predict import load_pipeline
 
+    from ulift_ns.health import usable_model
+
     pipeline = load_pipeline(Path(load_config), test_mode="inference")
-    return export_segmented(pipeline.model, output_dir, ids=wanted, overwrite=overwrite)
+    return export_segmented(usable_model(pipeline.model, "ulift export", drop=False), output_dir, ids=wanted, overwrite=overwrite)

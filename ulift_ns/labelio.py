@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import numpy as np
 from PIL import Image
@@ -32,11 +33,47 @@ def check_can_write(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another output folder.")
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(\.[^.]+)?$")
+"""``atomic_path``'s temporary names: ``.<name>.tmp<pid><suffix>``."""
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden sibling ``atomic_path`` writes first (named after this process)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> List[Path]:
+    """Delete the temporary files that a killed writer left in ``folder``; returns them.
+
+    Only ``atomic_path``'s own names are touched, and only when the process that was
+    writing them is gone (a running writer's file is left alone).
+    """
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from torch.nn import Parameter
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from ulift_ns.datamanager import SAM_LABELS, resize_labels
 from ulift_ns.lift.codebook import instance_ids
@@ -114,6 +115,7 @@ class UnifiedLiftModel(SplatfactoModel):
         # Off by default: a 16-channel output would show as a flickering PCA image in the viewer.
         self.eval_outputs_features = False
         self.selector = InstanceSelector(self)
+        self.surplus_reported: set = set()  # views whose surplus masks were already reported on the console
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         # Override: splatfacto hard-codes six names; identity features need their own optimiser group.
@@ -271,9 +273,22 @@ class UnifiedLiftModel(SplatfactoModel):
             labels = resize_labels(batch[SAM_LABELS], tuple(features.shape[:2]))
             losses, stats = lift_losses(features, labels, self.codebook, self.config.lift)
             loss_dict.update(losses)
+            if stats.get("lift_unmatched_masks", 0) > 0:
+                self._report_surplus(batch.get("image_idx"), stats)
             if metrics_dict is not None:  # the trainer logs this same dict after the loss step
                 metrics_dict.update(stats)
         return loss_dict
+
+    def _report_surplus(self, view, stats: Dict[str, float]) -> None:
+        """Once per view on the console (TensorBoard has every step as ``lift_unmatched_masks``)."""
+        if view in self.surplus_reported:
+            return
+        self.surplus_reported.add(view)
+        CONSOLE.print(
+            f"[yellow]View {view}: {int(stats['lift_masks'])} masks but {self.config.codebook_size} codebook rows, so "
+            f"{int(stats['lift_unmatched_masks'])} are left out of the codebook losses. Raise "
+            "--pipeline.model.codebook-size."
+        )
 
     def get_image_metrics_and_images(self, outputs, batch):
         # Override: splatfacto always calls self.lpips, which is None when its weights could not be loaded.
