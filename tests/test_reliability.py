@@ -269,8 +269,6 @@ def test_every_package_a_test_imports_comes_with_the_test_extra():
 
 def test_label_cache_uses_the_smallest_dtype_and_reports_its_size(tiny_scene: Path, capsys):
     """300 views at 1600x1200 cached as int64 took 4.6 GB (9.2 GB with gt); uint16 needs a quarter."""
-    from ulift_ns.datamanager import compact_labels
-
     dm = make_datamanager(tiny_scene)
     cache = dm.cached_train
     out = capsys.readouterr().out
@@ -282,4 +280,6 @@ def test_label_cache_uses_the_smallest_dtype_and_reports_its_size(tiny_scene: Pa
     assert f"sam_labels {size_mb:.1f} MB" in out and "uint16" in out, out
     _, batch = dm.next_train(0)
     assert batch[SAM_LABELS].dtype == torch.int64  # what the losses index with
+    from ulift_ns.datamanager import compact_labels
+
     assert compact_labels(np.array([[0, 70000]])).dtype == torch.int32
