@@ -41,7 +41,32 @@ def trainer_config(model: UnifiedLiftModelConfig | None = None, max_steps: int =
     )
 
 
+def frozen_trainer_config(model=None, max_steps: int = 2000):
+    """``unified-lift-frozen``: the same trainer on a loaded, frozen splat (``ulift_ns.frozen``)."""
+    from ulift_ns.frozen import (
+        FROZEN_METHOD_NAME,
+        UnifiedLiftFrozenModelConfig,
+        UnifiedLiftFrozenPipelineConfig,
+        UnifiedLiftFrozenTrainerConfig,
+    )
+
+    base = trainer_config(max_steps=max_steps)
+    fields = {f: getattr(base, f) for f in ("steps_per_eval_image", "steps_per_eval_batch", "steps_per_save", "steps_per_eval_all_images", "max_num_iterations", "mixed_precision", "optimizers", "viewer", "vis")}
+    return UnifiedLiftFrozenTrainerConfig(
+        method_name=FROZEN_METHOD_NAME,
+        pipeline=UnifiedLiftFrozenPipelineConfig(
+            datamanager=UnifiedLiftDataManagerConfig(), model=model or UnifiedLiftFrozenModelConfig()
+        ),
+        **fields,
+    )
+
+
 unified_lift = MethodSpecification(
     config=trainer_config(),
     description="Unified-Lift: consistent 3D instance segmentation from per-view SAM masks (CPU or CUDA).",
+)
+
+unified_lift_frozen = MethodSpecification(
+    config=frozen_trainer_config(),
+    description="Unified-Lift on a splat you already have (run config.yml or 3DGS PLY): geometry frozen, features only.",
 )

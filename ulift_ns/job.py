@@ -63,13 +63,15 @@ def train_on_scene(
     device: Optional[str] = None,
     quiet: bool = False,
     seed: int = 42,
+    config=None,
 ) -> TrainedRun:
     """Train unified-lift on ``scene`` in-process, as ``ns-train unified-lift --max-num-iterations steps`` would.
 
     The trainer fits the schedule to ``steps`` and the images, exactly as on the user's
-    command line.  Only logging differs: one checkpoint at the end, no periodic all-image eval.
+    command line (``config``: another method's trainer config, e.g. ``frozen_trainer_config``).  Only logging differs: one checkpoint at the end, no periodic all-image eval.
     """
-    config = trainer_config(model=model, max_steps=steps)
+    config = config or trainer_config(model=model, max_steps=steps)
+    config.max_num_iterations = steps
     config.steps_per_save = steps
     config.steps_per_eval_all_images = steps + 1
     config.pipeline.datamanager.data = scene

@@ -271,13 +271,17 @@ class UnifiedLiftModel(SplatfactoModel):
         if self.training and SAM_LABELS in batch and "features" in outputs:
             features = outputs["features"]
             labels = resize_labels(batch[SAM_LABELS], tuple(features.shape[:2]))
-            losses, stats = lift_losses(features, labels, self.codebook, self.config.lift)
-            loss_dict.update(losses)
-            if stats.get("lift_unmatched_masks", 0) > 0:
-                self._report_surplus(batch.get("image_idx"), stats)
-            if metrics_dict is not None:  # the trainer logs this same dict after the loss step
-                metrics_dict.update(stats)
+            loss_dict.update(self.lift_loss_dict(features, labels, batch, metrics_dict))
         return loss_dict
+
+    def lift_loss_dict(self, features: Tensor, labels: Tensor, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """The lifting losses of one view's features ``[H,W,d]`` and labels ``[H,W]``; stats go to ``metrics_dict``."""
+        losses, stats = lift_losses(features, labels, self.codebook, self.config.lift)
+        if stats.get("lift_unmatched_masks", 0) > 0:
+            self._report_surplus(batch.get("image_idx"), stats)
+        if metrics_dict is not None:  # the trainer logs this same dict after the loss step
+            metrics_dict.update(stats)
+        return losses
 
     def _report_surplus(self, view, stats: Dict[str, float]) -> None:
         """Once per view on the console (TensorBoard has every step as ``lift_unmatched_masks``)."""
