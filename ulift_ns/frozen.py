@@ -181,7 +181,7 @@ def prepare_frozen_model(model: UnifiedLiftFrozenModel, datamanager) -> None:
 _LOADED: Dict[tuple, GaussianSplat] = {}
 
 
-def load_splat_checked(cfg: UnifiedLiftFrozenModelConfig) -> GaussianSplat:
+def load_splat_checked(cfg: UnifiedLiftFrozenModelConfig, check_sh: bool = True) -> GaussianSplat:
     """``load_splat`` once per file version (the trainer checks it before set-up, the pipeline then uses it)."""
     if cfg.splat is None:
         raise SplatInputError(
@@ -193,7 +193,7 @@ def load_splat_checked(cfg: UnifiedLiftFrozenModelConfig) -> GaussianSplat:
         _LOADED.clear()
         _LOADED[key] = load_splat(path)
     splat = _LOADED[key]
-    if splat.sh_degree != cfg.sh_degree:
+    if check_sh and splat.sh_degree != cfg.sh_degree:
         raise SplatInputError(
             f"{path} has SH degree {splat.sh_degree} but --pipeline.model.sh-degree is {cfg.sh_degree}: "
             f"pass --pipeline.model.sh-degree {splat.sh_degree} (or leave it unset)."
@@ -231,18 +231,14 @@ class UnifiedLiftFrozenTrainer(UnifiedLiftTrainer):
             raise TrainingInputError(f"ns-train {FROZEN_METHOD_NAME}: {err}") from None
 
     def _adopt_splat_sh_degree(self) -> None:
-        """Check the splat before anything else; a default --sh-degree follows the splat's."""
+        """Check the splat before anything else; an --sh-degree left at its default follows the splat's."""
         model = self.config.pipeline.model
-        try:
-            load_splat_checked(model)
-        except SplatInputError as err:
-            default = type(model)().sh_degree
-            if "SH degree" not in str(err) or model.sh_degree != default:
-                raise
-            splat = next(iter(_LOADED.values()))
+        splat = load_splat_checked(model, check_sh=False)
+        if splat.sh_degree != model.sh_degree and model.sh_degree == type(model)().sh_degree:
             CONSOLE.print(f"Using SH degree {splat.sh_degree} from {model.splat}.")
             model.sh_degree = splat.sh_degree
             self.config.save_config()
+        load_splat_checked(model)
 
     def _remove_unused_run_dir(self) -> None:
         """A run that never started leaves nothing behind: only ns-train's config.yml is removed, empty folders pruned."""
