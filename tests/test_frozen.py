@@ -98,6 +98,7 @@ def test_ply_in_the_data_frame_lines_up_through_the_dataparser_transform(trained
     inv = torch.cat([t[:3, :3].T, (-t[:3, :3].T @ t[:3, 3])[:, None]], 1)
     raw = to_nerfstudio_frame(GaussianSplat(src.means / s, src.scales, src.quats, src.opacities, src.features_dc, src.features_rest, src.source), inv, 1.0)
     raw.scales = src.scales - np.log(s)
+    raw.features_rest = raw.features_rest[:, :0]  # a degree-0 PLY: the run adopts its SH degree
     back = to_nerfstudio_frame(raw, t, s)
     torch.testing.assert_close(back.means, src.means, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(back.scales, src.scales, atol=1e-5, rtol=1e-5)
@@ -107,6 +108,10 @@ def test_ply_in_the_data_frame_lines_up_through_the_dataparser_transform(trained
     write_3dgs_ply(ply, raw)
     run = _frozen(tiny_scene, tmp_path / "runs", ply, splat_frame="data")
     torch.testing.assert_close(run.pipeline.model.means.detach().cpu(), src.means, atol=1e-4, rtol=1e-4)
+    assert run.pipeline.model.config.sh_degree == 0
+    # Degree 0: PLY colours are SH DC, the model's are logit RGB; both mean the same colour.
+    rgb_ply = load_splat(ply).features_dc.sigmoid()
+    torch.testing.assert_close(rgb_ply, (src.features_dc * 0.28209479177387814 + 0.5).clamp(1e-4, 1 - 1e-4), atol=1e-4, rtol=1e-3)
     # The same PLY read as if it were in nerfstudio's frame does not line up.
     _expect_input_error(tiny_scene, tmp_path / "runs2", ply, "raw.ply", "splat-frame data", min_in_view=0.9)
 

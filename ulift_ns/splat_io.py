@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 REQUIRED_PLY = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
+SH_C0 = 0.28209479177387814
 SPLAT_PARAMS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
 
@@ -43,7 +44,7 @@ class GaussianSplat:
     scales: Tensor  # [N,3] log
     quats: Tensor  # [N,4] w, x, y, z
     opacities: Tensor  # [N,1] logit
-    features_dc: Tensor  # [N,3]
+    features_dc: Tensor  # [N,3] SH DC, or (degree 0) logit RGB: splatfacto's convention
     features_rest: Tensor  # [N,(deg+1)^2-1,3]
     source: Path
 
@@ -90,12 +91,15 @@ def read_3dgs_ply(path: Path) -> GaussianSplat:
         raise SplatInputError(f"{path} has {len(rest_keys)} f_rest_* properties, not a multiple of 3. Re-export the splat.")
     per_channel = len(rest_keys) // 3
     rest = cols(rest_keys).reshape(n, 3, per_channel).transpose(1, 2) if rest_keys else torch.zeros(n, 0, 3)
+    dc = cols(("f_dc_0", "f_dc_1", "f_dc_2"))
+    if not rest_keys:  # splatfacto keeps degree-0 colours as logit RGB; PLYs always hold the SH DC term
+        dc = torch.logit((dc * SH_C0 + 0.5).clamp(1e-4, 1 - 1e-4))
     splat = GaussianSplat(
         means=cols(("x", "y", "z")),
         scales=cols(("scale_0", "scale_1", "scale_2")),
         quats=cols(("rot_0", "rot_1", "rot_2", "rot_3")),
         opacities=cols(("opacity",)),
-        features_dc=cols(("f_dc_0", "f_dc_1", "f_dc_2")),
+        features_dc=dc,
         features_rest=rest.contiguous(),
         source=Path(path),
     )
@@ -206,7 +210,8 @@ def write_3dgs_ply(path: Path, splat: GaussianSplat, extra_props: Optional[dict]
 
     n = splat.num_points
     cols = {"x": splat.means[:, 0], "y": splat.means[:, 1], "z": splat.means[:, 2]}
-    cols.update({f"f_dc_{i}": splat.features_dc[:, i] for i in range(3)})
+    dc = splat.features_dc if splat.sh_degree > 0 else (torch.sigmoid(splat.features_dc) - 0.5) / SH_C0
+    cols.update({f"f_dc_{i}": dc[:, i] for i in range(3)})
     rest = splat.features_rest.transpose(1, 2).reshape(n, -1)
     cols.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
     cols["opacity"] = splat.opacities[:, 0]
