@@ -99,6 +99,7 @@ def test_ply_in_the_data_frame_lines_up_through_the_dataparser_transform(trained
     raw = to_nerfstudio_frame(GaussianSplat(src.means / s, src.scales, src.quats, src.opacities, src.features_dc, src.features_rest, src.source), inv, 1.0)
     raw.scales = src.scales - np.log(s)
     raw.features_rest = raw.features_rest[:, :0]  # a degree-0 PLY: the run adopts its SH degree
+    raw.features_dc = torch.logit((src.features_dc * 0.28209479177387814 + 0.5).clamp(1e-4, 1 - 1e-4))
     back = to_nerfstudio_frame(raw, t, s)
     torch.testing.assert_close(back.means, src.means, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(back.scales, src.scales, atol=1e-5, rtol=1e-5)
