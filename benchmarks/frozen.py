@@ -45,6 +45,13 @@ def _register_frozen() -> None:
     all_methods.setdefault("unified-lift-frozen", unified_lift_frozen.config)
 
 
+def _seed(seed: int = 42) -> None:
+    """Every row starts from the same RNG state (ns-train seeds in train_loop, which in-process runs skip)."""
+    from nerfstudio.scripts.train import _set_random_seed
+
+    _set_random_seed(seed)
+
+
 def _train(config, scene: Path, runs: Path, steps: int, device: str):
     config.max_num_iterations = steps
     config.steps_per_save = steps
@@ -57,6 +64,7 @@ def _train(config, scene: Path, runs: Path, steps: int, device: str):
     config.logging.local_writer.enable = False
     config.set_timestamp()
     config.save_config()
+    _seed(config.machine.seed)
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     trainer.train()
@@ -95,6 +103,7 @@ def main() -> None:
     t = time.time()
     base = UnifiedLiftModelConfig()
     plain_model = replace(base, lift=replace(base.lift, contrastive_weight=0.0, use_codebook=False))
+    _seed()
     plain = train_on_scene(scene, out / "runs" / "plain", args.steps, model=plain_model, device=args.device, quiet=True)
     plain_seconds = time.time() - t
 
@@ -109,6 +118,7 @@ def main() -> None:
     rows["frozen, 3DGS PLY"] = segment_splat(ply, scene, out, "frozen_ply", args.frozen_steps, args.device, top_k=args.top_k)
 
     t = time.time()
+    _seed()
     full = train_on_scene(scene, out / "runs" / "full", args.steps, device=args.device, quiet=True)
     full_train = time.time() - t
     run_export(full.config_path, out / "export" / "full", None, False, False)
