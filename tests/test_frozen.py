@@ -164,3 +164,17 @@ def test_explicit_sh_degree_differing_from_the_ply_is_refused(trained_run, tiny_
 def test_missing_splat_argument_names_the_flag(tiny_scene, tmp_path):
     with pytest.raises(SplatInputError, match="does not exist"):
         load_splat(tmp_path / "nope.ply")
+
+
+def test_ns_train_flags_parse():
+    import tyro
+
+    from ulift_ns.config import unified_lift_frozen
+
+    cfg = tyro.cli(
+        type(unified_lift_frozen.config),
+        default=unified_lift_frozen.config,
+        args=["--pipeline.model.splat", "splat.ply", "--pipeline.model.splat-frame", "data", "--pipeline.model.top-k", "8"],
+    )
+    assert cfg.pipeline.model.splat == Path("splat.ply") and cfg.pipeline.model.splat_frame == "data"
+    assert cfg.pipeline.model.top_k == 8 and cfg.method_name == "unified-lift-frozen"
