@@ -591,6 +591,10 @@ def test_nothing_drawn_gives_empty_images_and_zero_gradients(case: str) -> None:
 def test_dispatch_and_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     import gsplat
 
+    import ulift_ns.rasterize as rast
+
+    monkeypatch.setattr(rast, "gsplat_unavailable_reason", lambda: None)  # pretend the kernels were built
+
     scene = make_scene(9, 20, 16, 12, extras=False, dtype=torch.float32)
     args = [scene[k] for k in PARAM_NAMES] + [scene["viewmats"], scene["Ks"], 16, 12]
     with pytest.raises(ValueError, match="backend"):
@@ -721,14 +725,38 @@ def test_no_geometry_grad_channels_matches_detached_reference() -> None:
 
 
 def test_no_geometry_grad_channels_gsplat_two_pass_matches_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA path's two-pass emulation, run here with the torch rasterizer standing in for gsplat."""
+    """The CUDA path's two-pass emulation, run here with the torch rasterizer standing in for gsplat.
+
+    The stand-in ``rasterize_to_pixels`` re-renders the first pass's scene on detached geometry;
+    what this checks is the splice of the channels, the backgrounds, and that the side pass only
+    receives detached screen-space tensors (the real kernels are compared in test_gsplat_crosscheck).
+    """
     import gsplat
+
+    import ulift_ns.rasterize as rast
+
+    monkeypatch.setattr(rast, "gsplat_unavailable_reason", lambda: None)
+    last: Dict = {}
 
     def torch_as_gsplat(**kw):
         kw.pop("tile_size")
-        return rasterization(**kw, tile_size=8, backend="torch")
+        last.clear()
+        last.update(kw)
+        render, alpha, info = rasterization(**kw, tile_size=8, backend="torch")
+        info.update(isect_offsets="offsets", flatten_ids="ids")
+        return render, alpha, info
+
+    def torch_as_rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, offsets, ids):
+        assert not (means2d.requires_grad or conics.requires_grad or opacities.requires_grad)
+        assert (offsets, ids) == ("offsets", "ids") and colors.dim() == 3
+        geometry = {k: last[k].detach() for k in ("means", "quats", "scales", "opacities", "viewmats")}
+        side, alpha, _ = rasterization(
+            **geometry, colors=colors, Ks=last["Ks"], width=width, height=height, tile_size=8, backend="torch"
+        )
+        return side, alpha
 
     monkeypatch.setattr(gsplat, "rasterization", torch_as_gsplat)
+    monkeypatch.setattr(gsplat, "rasterize_to_pixels", torch_as_rasterize_to_pixels)
     scene = make_scene(13, 200, 30, 22, n_cameras=2, channels=6)
     bg = torch.rand(2, 3, dtype=F64, generator=scene["gen"])
     cams = dict(viewmats=scene["viewmats"], Ks=scene["Ks"], width=30, height=22)

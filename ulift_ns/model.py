@@ -24,7 +24,7 @@ from ulift_ns.datamanager import SAM_LABELS, resize_labels
 from ulift_ns.lift.codebook import instance_ids
 from ulift_ns.lift.objective import LiftLossConfig, lift_losses
 from ulift_ns.palette import instance_palette
-from ulift_ns.rasterize import rasterization, spherical_harmonics
+from ulift_ns.rasterize import camera_centers, rasterization, spherical_harmonics
 from ulift_ns.viewer import InstanceSelector
 
 OPACITY_THRESHOLD = 0.5
@@ -134,12 +134,13 @@ class UnifiedLiftModel(SplatfactoModel):
         return self.gauss_params["identity"]
 
     def _gaussian_rgb(self, params: Dict[str, Tensor], viewmat: Tensor) -> Tensor:
-        """Per-Gaussian view-dependent RGB ``[N,3]`` in torch, so one fused pass can carry the features too."""
+        """Per-Gaussian view-dependent RGB ``[N,3]`` evaluated before rasterizing, so one pass can carry the features too
+        (gsplat's fused SH kernel on CUDA, torch elsewhere)."""
         if self.config.sh_degree == 0:
             return torch.sigmoid(params["features_dc"])
         degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
         coeffs = torch.cat([params["features_dc"][:, None, :], params["features_rest"]], dim=1)
-        cam_pos = torch.linalg.inv(viewmat)[0, :3, 3]
+        cam_pos = camera_centers(viewmat)[0]  # = c2w's translation; torch.linalg.inv would sync with the host
         return torch.clamp_min(spherical_harmonics(degree, params["means"] - cam_pos, coeffs) + 0.5, 0.0)
 
     def _output_keys_when_empty(self, width: int, height: int) -> Dict[str, Union[Tensor, List]]:

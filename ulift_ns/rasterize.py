@@ -26,7 +26,9 @@ thresholds mean the same thing on CPU and CUDA.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -54,8 +56,76 @@ _SH_C3 = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def gsplat_unavailable_reason() -> Optional[str]:
+    """Why gsplat's CUDA kernels cannot run here, or None when they can (checked once per process).
+
+    gsplat 1.4 ships no prebuilt kernels: importing its backend JIT-compiles them, which
+    needs ``nvcc`` from a CUDA toolkit whose major version matches torch's.  Without it
+    ``_C`` stays None and the first kernel call dies with an AttributeError on NoneType.
+    """
+    try:
+        import gsplat  # noqa: F401
+    except ImportError as err:
+        return f"gsplat is not installed ({err})"
+    try:
+        from gsplat.cuda._backend import _C
+    except Exception as err:  # a failed JIT build (e.g. nvcc's CUDA major differs from torch's)
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"gsplat's CUDA kernels failed to build ({type(err).__name__}: {first})"
+    if _C is None:
+        return (
+            "gsplat has no compiled CUDA kernels: it JIT-compiles them on first use and needs `nvcc` on PATH from a "
+            f"CUDA toolkit matching torch's CUDA {torch.version.cuda}"
+        )
+    return None
+
+
+_FALLBACK_WARNED = False
+
+
+def resolve_backend(backend: str, on_cuda: bool) -> str:
+    """The backend that will run: ``"auto"`` is gsplat on CUDA tensors, falling back to torch with a
+    warning when gsplat's kernels are missing; an explicit ``"gsplat"`` then fails, saying why."""
+    global _FALLBACK_WARNED
+    if backend not in ("auto", "gsplat", "torch"):
+        raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
+    if backend == "torch" or (backend == "auto" and not on_cuda):
+        return "torch"
+    reason = gsplat_unavailable_reason()
+    if reason is None:
+        return "gsplat"
+    if backend == "gsplat":
+        raise RuntimeError(f"rasterizer backend 'gsplat' cannot run: {reason}. Or set --pipeline.model.rasterizer-backend torch.")
+    if not _FALLBACK_WARNED:
+        warnings.warn(f"{reason}. Falling back to the (slower) torch rasterizer on the GPU.", RuntimeWarning, stacklevel=3)
+        _FALLBACK_WARNED = True
+    return "torch"
+
+
+def camera_centers(viewmats: Tensor) -> Tensor:
+    """World positions ``[C,3]`` of rigid world-to-camera matrices: ``-Rᵀ t`` (no inverse, no host sync)."""
+    rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3:4]
+    return -(rot.transpose(1, 2) @ trans)[..., 0]
+
+
 def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
-    """Evaluate SH colours ``[..., 3]`` from ``coeffs [..., K, 3]`` along ``dirs [..., 3]`` (degree ≤ 3)."""
+    """Evaluate SH colours ``[..., 3]`` from ``coeffs [..., K, 3]`` along ``dirs [..., 3]`` (degree ≤ 3).
+
+    On CUDA tensors with gsplat's kernels this is ``gsplat.spherical_harmonics`` (one fused
+    kernel instead of ~40 elementwise passes over all Gaussians); same conventions.
+    """
+    if dirs.is_cuda and dirs.shape[:-1] == coeffs.shape[:-2] and 0 <= degree <= 3 and gsplat_unavailable_reason() is None:
+        if coeffs.shape[-2] < (degree + 1) ** 2:
+            raise ValueError(f"degree {degree} needs {(degree + 1) ** 2} SH coefficients, got {coeffs.shape[-2]}")
+        from gsplat import spherical_harmonics as gsplat_spherical_harmonics
+
+        return gsplat_spherical_harmonics(degree, dirs, coeffs)
+    return torch_spherical_harmonics(degree, dirs, coeffs)
+
+
+def torch_spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """The plain-torch SH evaluation, any device."""
     if not 0 <= degree <= 3:
         raise ValueError(f"spherical_harmonics supports degree 0..3, got {degree}")
     n_bases = (degree + 1) ** 2
@@ -406,10 +476,9 @@ def _prepare_colors(
 ) -> Tensor:
     """Per-camera colours ``[C,N,D]``; evaluates SH (as gsplat: +0.5, clamp at 0) when ``sh_degree`` is set."""
     if sh_degree is not None:
-        cam_pos = torch.linalg.inv(viewmats)[:, :3, 3]
-        dirs = means[None] - cam_pos[:, None]
+        dirs = means[None] - camera_centers(viewmats)[:, None]
         coeffs = colors if colors.dim() == 4 else colors[None].expand(n_cameras, *colors.shape)
-        return torch.clamp_min(spherical_harmonics(sh_degree, dirs, coeffs) + 0.5, 0.0)
+        return torch.clamp_min(torch_spherical_harmonics(sh_degree, dirs, coeffs) + 0.5, 0.0)
     return colors if colors.dim() == 3 else colors[None].expand(n_cameras, *colors.shape)
 
 
@@ -476,28 +545,35 @@ def rasterization(
     reaching those colour channels update the colours but not means, scales, quats or opacities,
     so noisy mask supervision on identity features cannot damage the reconstruction.
     """
-    if backend not in ("auto", "gsplat", "torch"):
-        raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
     if no_geometry_grad_channels is not None and sh_degree is not None:
         raise ValueError("no_geometry_grad_channels needs pre-evaluated colours (sh_degree=None)")
-    if backend == "gsplat" or (backend == "auto" and means.is_cuda):
+    if no_geometry_grad_channels is not None and not _needs_grad(means, quats, scales, opacities, colors, viewmats):
+        # Nothing will be backpropagated (eval, viewer): the separate geometry gradient is moot, one pass does.
+        no_geometry_grad_channels = None
+    if resolve_backend(backend, means.is_cuda) == "gsplat":
         from gsplat import rasterization as gsplat_rasterization
 
-        if no_geometry_grad_channels is not None:
-            return _gsplat_two_pass(
-                gsplat_rasterization, no_geometry_grad_channels, means=means, quats=quats, scales=scales,
-                opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks, width=width, height=height,
-                near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, packed=packed,
-                tile_size=tile_size or 16, backgrounds=backgrounds, render_mode=render_mode,
-                rasterize_mode=rasterize_mode, absgrad=absgrad, **gsplat_kwargs,
-            )
-        return gsplat_rasterization(
-            means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-            Ks=Ks, width=width, height=height, near_plane=near_plane, far_plane=far_plane,
-            radius_clip=radius_clip, eps2d=eps2d, sh_degree=sh_degree, packed=packed, tile_size=tile_size or 16,
-            backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
+        n_channels = colors.shape[-1] + (1 if render_mode in ("RGB+D", "RGB+ED") else 0)
+        chunk = gsplat_kwargs.pop("channel_chunk", None)
+        if absgrad:
+            # gsplat renders channel_chunk channels per kernel call and each call overwrites means2d.absgrad.
+            if chunk is not None and chunk < n_channels:
+                raise ValueError(
+                    f"absgrad with {n_channels} channels needs channel_chunk >= {n_channels} (got {chunk}): gsplat "
+                    "keeps only the last chunk's means2d.absgrad"
+                )
+            chunk = max(32, n_channels) if n_channels > 32 else chunk
+        if chunk is not None:
+            gsplat_kwargs["channel_chunk"] = chunk
+        kw = dict(
+            means=means, quats=quats, scales=scales, opacities=opacities, viewmats=viewmats, Ks=Ks, width=width,
+            height=height, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+            packed=packed, tile_size=tile_size or 16, render_mode=render_mode, rasterize_mode=rasterize_mode,
             absgrad=absgrad, **gsplat_kwargs,
         )
+        if no_geometry_grad_channels is not None:
+            return _gsplat_two_pass(gsplat_rasterization, no_geometry_grad_channels, colors=colors, backgrounds=backgrounds, **kw)
+        return gsplat_rasterization(colors=colors, sh_degree=sh_degree, backgrounds=backgrounds, **kw)
     _check_args(render_mode, rasterize_mode, packed)
     n_cameras = viewmats.shape[0]
     proj = project_gaussians(
@@ -535,21 +611,46 @@ def rasterization(
     return render, alpha, info
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _gsplat_two_pass(gsplat_rasterization, channels: Tuple[int, int], **kw: Any) -> Tuple[Tensor, Tensor, Dict[str, Any]]:
-    """gsplat cannot mask geometry gradients per channel, so render those channels again on detached geometry."""
+    """gsplat cannot mask geometry gradients per channel: render the other channels first, then
+    composite ``channels`` again with ``gsplat.rasterize_to_pixels`` on the first pass's *detached*
+    screen-space Gaussians and tile lists (no second projection, intersection or sort).  Only the
+    colours of those channels get gradients; means, scales, quats, opacities and viewmats do not."""
     start, stop = channels
     colors = kw.pop("colors")
     backgrounds = kw.pop("backgrounds")
     main_colors = torch.cat([colors[..., :start], colors[..., stop:]], dim=-1)
     render, alpha, info = gsplat_rasterization(colors=main_colors, backgrounds=None, **kw)
-    detached = {k: kw[k].detach() for k in ("means", "quats", "scales", "opacities")}
-    side_kw = {**kw, **detached, "render_mode": "RGB", "absgrad": False}
-    side, _, _ = gsplat_rasterization(colors=colors[..., start:stop], backgrounds=None, **side_kw)
+    side = rasterize_side_channels(info, colors[..., start:stop], packed=kw.get("packed", False))
     render = torch.cat([render[..., :start], side, render[..., start:]], dim=-1)
     if backgrounds is not None:
         n_bg = backgrounds.shape[-1]
         render = torch.cat([render[..., :n_bg] + (1.0 - alpha) * backgrounds[:, None, None, :], render[..., n_bg:]], -1)
     return render, alpha, info
+
+
+def rasterize_side_channels(info: Dict[str, Any], colors: Tensor, packed: bool = False) -> Tensor:
+    """Composite extra per-Gaussian channels ``[(C,) N, D]`` through a finished gsplat pass's tiles.
+
+    Uses ``info``'s means2d, conics, opacities (detached), isect_offsets and flatten_ids, so
+    the result equals rendering those channels in the same pass, but only ``colors`` get gradients.
+    """
+    from gsplat import rasterize_to_pixels
+
+    if packed:
+        raise NotImplementedError("the side-channel pass supports packed=False only (what the model uses)")
+    n_cameras, n_gauss = info["means2d"].shape[:2]
+    if colors.dim() == 2:
+        colors = colors[None].expand(n_cameras, n_gauss, colors.shape[-1])
+    side, _ = rasterize_to_pixels(
+        info["means2d"].detach(), info["conics"].detach(), colors, info["opacities"].detach(),
+        info["width"], info["height"], info["tile_size"], info["isect_offsets"], info["flatten_ids"],
+    )
+    return side
 
 
 def rasterization_reference(
