@@ -260,3 +260,19 @@ def test_concentration_descent_pulls_rows_to_object_directions():
         opt.step()
     cos = F.cosine_similarity(C.detach(), dirs, dim=1)
     assert bool((cos > 0.99).all())
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_instance_ids_in_chunks_equal_the_full_softmax(cosine: bool):
+    gen = torch.Generator().manual_seed(3)
+    f = torch.randn(7, 11, 5, generator=gen)
+    C = torch.randn(256, 5, generator=gen)
+    probs = torch.softmax(codebook_logits(f, C, 10.0, cosine), dim=-1)
+    full_prob, full_ids = probs.max(dim=-1)
+    for chunk in (1, 10, 77, 10_000):  # 77 = one chunk plus a ragged one
+        ids, prob = instance_ids(f, C, 10.0, cosine, chunk_size=chunk)
+        assert ids.shape == (7, 11) and torch.equal(ids, full_ids)
+        # float32 logits reach ~30 here, where one rounding step is ~2e-6: both forms carry that error.
+        torch.testing.assert_close(prob, full_prob, rtol=1e-5, atol=1e-6)
+    ids, prob = instance_ids(f[:0], C)
+    assert ids.shape == (0, 11) and prob.shape == (0, 11)

@@ -7,7 +7,6 @@ identity-feature channels send gradients to.
 
 from __future__ import annotations
 
-import shutil
 from typing import Dict, List
 
 import pytest
@@ -64,10 +63,10 @@ def test_missing_kernels_with_explicit_gsplat_backend_say_why(no_kernels: str, m
         rasterization(*_args(scene), backend="gsplat")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is not None, reason="this machine has nvcc, so the kernels may build")
-def test_real_detection_without_nvcc_names_the_cause() -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is visible: the kernels may well build here")
+def test_real_detection_without_cuda_names_the_cause() -> None:
     reason = rast.gsplat_unavailable_reason()
-    assert reason is not None and ("nvcc" in reason or "not installed" in reason or "failed to build" in reason)
+    assert reason is not None and ("no CUDA device" in reason or "not installed" in reason)
 
 
 def test_absgrad_with_many_channels_renders_them_in_one_chunk(fake_gsplat: List[Dict]) -> None:

@@ -11,6 +11,13 @@ Label maps follow the image exactly: a distorted camera's maps go through nerfst
 undistortion and crop, nearest-neighbour (``ulift_ns.undistort``).  The cache holds each
 map in the smallest integer dtype that holds its ids (uint16 up to 65,535, else int32),
 a quarter of int64; batches hand out int64.
+
+SAM label maps are relabelled once at load time: each view's masks become ``1..M`` in
+the order of their original ids (0 stays unlabelled), and a mask that covers every pixel
+of its view is dropped (it separates nothing).  The partition and the order of the masks
+are unchanged, so the losses compute the same values; contiguous small ids keep the cache
+small.  With ``cache_images="cpu"`` on a CUDA machine the maps are pinned and copied with
+``non_blocking``; training batches move only ``sam_labels``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,21 @@ def compact_labels(labels: np.ndarray) -> torch.Tensor:
     if labels.size and int(labels.min()) < 0:
         raise ValueError(f"label ids must be >= 0, got {int(labels.min())}")
     return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint16 if top <= 65535 else np.int32))
+
+
+def relabel_masks(labels: torch.Tensor) -> torch.Tensor:
+    """One view's mask ids as ``1..M`` in increasing order of the original id (0 = unlabelled stays 0).
+
+    A mask covering every pixel of the view is dropped (set to 0).  Returned in the compact
+    cache dtype (uint16, or int32 past 65,535 masks).
+    """
+    flat = labels.reshape(-1).long()
+    if flat.numel() == 0:
+        return compact_labels(np.zeros(tuple(labels.shape), dtype=np.int64))
+    ids, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    keep = (ids > 0) & (counts < flat.numel())
+    new_ids = torch.cumsum(keep.long(), 0) * keep
+    return compact_labels(new_ids[inverse].reshape(labels.shape).numpy())
 
 
 def list_paths(paths: Sequence[Path], limit: int = MAX_LISTED) -> str:
@@ -157,11 +179,10 @@ class UnifiedLiftDataManager(FullImageDatamanager[SamMaskDataset]):
     config: UnifiedLiftDataManagerConfig
 
     def __init__(self, config: UnifiedLiftDataManagerConfig, *args, **kwargs):
-        if config.cache_images == "cpu" and not torch.cuda.is_available():
-            # pin_memory() in FullImageDatamanager needs a CUDA driver; cache on the training device instead.
-            CONSOLE.print("[yellow]No CUDA: caching images on the training device instead of pinned host memory.")
-            config.cache_images = "gpu"
+        _no_pinning_without_cuda(config)
         super().__init__(config, *args, **kwargs)
+        # Again: past 500 training images nerfstudio's __init__ switches to cache_images="cpu" itself.
+        _no_pinning_without_cuda(self.config)
 
     def _dataset(self, outputs: DataparserOutputs, require_masks: bool) -> SamMaskDataset:
         return SamMaskDataset(
@@ -183,30 +204,45 @@ class UnifiedLiftDataManager(FullImageDatamanager[SamMaskDataset]):
         # The parent undistorts and caches only "image"/"mask"; label maps must land on the same pixels.
         cache = super()._load_images(split, cache_images_device)
         dataset = self.train_dataset if split == "train" else self.eval_dataset
+        pin = cache_images_device == "cpu" and torch.cuda.is_available()
         for idx, data in enumerate(cache):
             camera = dataset.source_cameras[idx]
             for key in LABEL_KEYS:
                 if key in data:
                     labels = undistort_labels(data[key], camera) if is_distorted(camera) else data[key]
                     labels = resize_labels(labels, tuple(data["image"].shape[:2]))
-                    data[key] = labels.to(self.device) if cache_images_device == "gpu" else labels
+                    if key == SAM_LABELS:
+                        labels = relabel_masks(labels)
+                    if cache_images_device == "gpu":
+                        labels = labels.to(self.device)
+                    elif pin:
+                        labels = labels.pin_memory()
+                    data[key] = labels
         report_cache_size(split, cache)
         return cache
 
-    def _labels_to_device(self, data: Dict) -> Dict:
-        for key in LABEL_KEYS:
+    def _labels_to_device(self, data: Dict, keys: Sequence[str] = LABEL_KEYS) -> Dict:
+        for key in keys:
             if key in data:
-                data[key] = data[key].to(self.device).long()  # cached compact; the losses index with int64
+                # Cached compact (and pinned when on the host): copy small, widen on the device for the losses.
+                data[key] = data[key].to(self.device, non_blocking=True).long()
         return data
 
     def next_train(self, step: int):
-        # The parent moves only "image" to the device.
+        # The parent moves only "image" to the device; the losses need only sam_labels (gt is for evaluation).
         camera, data = super().next_train(step)
-        return camera, self._labels_to_device(data)
+        return camera, self._labels_to_device(data, keys=(SAM_LABELS,))
 
     def next_eval_image(self, step: int):
         camera, data = super().next_eval_image(step)
         return camera, self._labels_to_device(data)
+
+
+def _no_pinning_without_cuda(config: UnifiedLiftDataManagerConfig) -> None:
+    """pin_memory() in FullImageDatamanager needs a CUDA driver; without one cache on the training device."""
+    if config.cache_images == "cpu" and not torch.cuda.is_available():
+        CONSOLE.print("[yellow]No CUDA: caching images on the training device instead of pinned host memory.")
+        config.cache_images = "gpu"
 
 
 

@@ -68,6 +68,8 @@ def gsplat_unavailable_reason() -> Optional[str]:
         import gsplat  # noqa: F401
     except ImportError as err:
         return f"gsplat is not installed ({err})"
+    if not torch.cuda.is_available():
+        return f"torch sees no CUDA device (torch {torch.__version__}, CUDA {torch.version.cuda})"
     try:
         from gsplat.cuda._backend import _C
     except Exception as err:  # a failed JIT build (e.g. nvcc's CUDA major differs from torch's)

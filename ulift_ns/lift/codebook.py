@@ -232,16 +232,30 @@ def concentration_loss(
     return dist.sum() / mask.sum().clamp_min(1).to(dist.dtype)
 
 
-def instance_ids(features: Tensor, codebook: Tensor, scale: float = 1.0, cosine: bool = False) -> Tuple[Tensor, Tensor]:
+def instance_ids(
+    features: Tensor, codebook: Tensor, scale: float = 1.0, cosine: bool = False, chunk_size: int = 65536
+) -> Tuple[Tensor, Tensor]:
     """Inference rule: ``id = argmax_k softmax(C_k . f)`` and its probability.
 
     Works on any leading shape (rendered images ``[H, W, d]``, per-Gaussian
     features ``[N, d]``).  The returned ids are codebook slot indices
     ``0..L-1``; the probability can serve as a detection score.
 
+    Never forms the full ``[..., L]`` softmax: rows go ``chunk_size`` at a time and
+    the winner's probability is ``exp(max logit - logsumexp)`` (at 1080p with L = 256
+    the full softmax alone would be 2 GB, twice over).
+
     Returns:
         ``(ids LongTensor[...], max_prob FloatTensor[...])``.
     """
-    probs = torch.softmax(codebook_logits(features, codebook, scale, cosine), dim=-1)
-    max_prob, ids = probs.max(dim=-1)
-    return ids, max_prob
+    shape = features.shape[:-1]
+    flat = features.reshape(-1, features.shape[-1])
+    ids = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+    max_prob = torch.empty(flat.shape[0], dtype=torch.promote_types(flat.dtype, codebook.dtype), device=flat.device)
+    step = max(int(chunk_size), 1)
+    for start in range(0, flat.shape[0], step):
+        logits = codebook_logits(flat[start : start + step], codebook, scale, cosine)
+        top, arg = logits.max(dim=-1)
+        ids[start : start + step] = arg
+        max_prob[start : start + step] = torch.exp(top - torch.logsumexp(logits, dim=-1))
+    return ids.reshape(shape), max_prob.reshape(shape)
