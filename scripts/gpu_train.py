@@ -21,9 +21,9 @@ import torch
 
 
 def _offline_lpips() -> None:
-    import nerfstudio.models.splatfacto as splatfacto
+    import torchmetrics.image.lpip as lpip  # splatfacto imports it inside populate_modules
 
-    original = splatfacto.LearnedPerceptualImagePatchSimilarity
+    original = lpip.LearnedPerceptualImagePatchSimilarity
 
     def build(*args, **kwargs):
         try:
@@ -32,7 +32,7 @@ def _offline_lpips() -> None:
             print(f"LPIPS unavailable ({type(err).__name__}); reported as NaN")
             return lambda *_: torch.tensor(float("nan"))
 
-    splatfacto.LearnedPerceptualImagePatchSimilarity = build
+    lpip.LearnedPerceptualImagePatchSimilarity = build
 
 
 def main() -> None:
@@ -50,6 +50,11 @@ def main() -> None:
     from ulift_ns.trainer import UnifiedLiftTrainer
 
     times, state = [], {"depth": 0, "trainer": None}
+    cuda = torch.cuda.is_available()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
 
     def timed(original):
         def wrapper(self, step):
@@ -57,14 +62,14 @@ def main() -> None:
             state["depth"] += 1
             outer = state["depth"] == 1
             if outer:
-                torch.cuda.synchronize()
+                sync()
                 start = time.perf_counter()
             try:
                 return original(self, step)
             finally:
                 state["depth"] -= 1
                 if outer:
-                    torch.cuda.synchronize()
+                    sync()
                     times.append(time.perf_counter() - start)
 
         return wrapper
@@ -72,7 +77,8 @@ def main() -> None:
     for cls in (Trainer, UnifiedLiftTrainer):
         if "train_iteration" in cls.__dict__:
             cls.train_iteration = timed(cls.__dict__["train_iteration"])
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     sys.argv = ["ns-train"] + args
     error = None
     try:
@@ -90,8 +96,8 @@ def main() -> None:
         "step_ms_median_after_50": 1000 * sorted(warm)[len(warm) // 2] if warm else None,
         "step_ms_mean_after_50": 1000 * sum(warm) / len(warm) if warm else None,
         "step_ms_first": 1000 * times[0] if times else None,
-        "peak_gpu_mem_mib": torch.cuda.max_memory_allocated() / 2**20,
-        "peak_gpu_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+        "peak_gpu_mem_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "peak_gpu_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if cuda else None,
         "num_gaussians_final": n_gauss,
         "config": str(trainer.config.get_base_dir() / "config.yml") if trainer is not None else None,
         "error": error,
