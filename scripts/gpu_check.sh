@@ -12,7 +12,7 @@
 # with CUDA visible in whatever time is left.
 set -uo pipefail
 OUT=$(realpath -m "${1:?usage: gpu_check.sh OUT_DIR [STEPS]}")
-STEPS=${2:-500}
+STEPS=${2:-${STEPS:-500}}
 BUDGET_S=${BUDGET_S:-560}          # stop starting stages past this (the call limit is 600 s)
 WHEELS=${WHEELS:-gpu_wheels}
 VIEWS=${VIEWS:-24}
@@ -112,8 +112,11 @@ COMMON=(--max-num-iterations "$STEPS" --vis tensorboard --steps-per-save 100000 
 for method in splatfacto unified-lift; do
   if (( $(left) < 90 )); then echo "skip $method: $(left)s left"; record "train_$method" '"skipped: out of time"'; continue; fi
   stage "ns-train $method, $STEPS steps"
+  # Same scene, same parser: splatfacto reads it through the registered ulift-data parser; unified-lift's
+  # datamanager has that parser built in (so no subcommand there).
+  if [[ $method == splatfacto ]]; then data_args=(ulift-data --data "$SCENE"); else data_args=(--data "$SCENE"); fi
   timed "train_${method}_wall" 200 "$PY" scripts/gpu_train.py "$OUT/train_$method.json" "$method" "${COMMON[@]}" \
-    --experiment-name "$method" ulift-data --data "$SCENE" || true
+    --experiment-name "$method" "${data_args[@]}" || true
   [[ -f "$OUT/train_$method.json" ]] && record "train_$method" "$(cat "$OUT/train_$method.json")"
   cfg=$("$PY" -c "import json; print(json.load(open('$OUT/train_$method.json'))['config'] or '')" 2>/dev/null)
   if [[ -n "$cfg" && -f "$cfg" ]]; then
