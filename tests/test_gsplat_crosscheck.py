@@ -7,6 +7,14 @@ straddling the near plane, off-screen, very large translucent, fully opaque back
 On a machine without CUDA or without gsplat's compiled kernels every test skips with the reason.
 (The harness itself was rehearsed on the CPU with the torch path on both sides.)
 
+One difference is by design (``ulift_ns/rasterize.py``, module docstring): our tiles cover a
+Gaussian's opacity-aware extent ``sqrt(2 ln(255 o))·σ``, gsplat's its 3σ square.  For
+``o <= e^4.5 / 255 ≈ 0.353`` the first lies inside the second, every pixel with α ≥ 1/255 is
+drawn by both, and the two must agree to rounding; above it gsplat cuts the Gaussian at its
+3σ tiles (up to o·e^-4.5 ≈ 1 % of a colour is lost there), which is no bug to find here.  So
+these scenes cap opacities at 0.35 (``MAX_OPACITY``); the 0.999 clamp is covered on the CPU by the
+brute-force tests, the 1e-4 transmittance stop still occurs here in the dense case.
+
 Tolerances (why they are what they are):
 
 * Images: ``|ours - gsplat| <= 1e-4 * max|gsplat|`` on at least 99.9 % of the values and
@@ -54,6 +62,7 @@ IMAGE_LOOSE = 5e-3
 IMAGE_SHARE = 0.999
 GRAD_REL_L2 = 2e-3
 RADII_SHARE = 0.005
+MAX_OPACITY = 0.35  # see the module docstring: below e^4.5/255 both footprints hold every drawn pixel
 
 
 def _image_close(ours: Tensor, theirs: Tensor, what: str) -> None:
@@ -86,6 +95,7 @@ def _radii_close(ours: Tensor, theirs: Tensor) -> None:
 
 def _cuda_scene(seed: int, n: int, width: int, height: int, n_cameras: int, channels: int, extras: bool) -> Dict:
     scene = make_scene(seed, n, width, height, n_cameras=n_cameras, channels=channels, extras=extras, dtype=torch.float32)
+    scene["opacities"] = scene["opacities"].clamp_max(MAX_OPACITY)
     return {k: (v.cuda() if isinstance(v, Tensor) else v) for k, v in scene.items()}
 
 
