@@ -15,7 +15,7 @@ OUT=$(realpath -m "${1:?usage: gpu_check.sh OUT_DIR [STEPS]}")
 STEPS=${2:-${STEPS:-500}}
 BUDGET_S=${BUDGET_S:-560}          # stop starting stages past this (the call limit is 600 s)
 WHEELS=${WHEELS:-gpu_wheels}
-VIEWS=${VIEWS:-24}
+VIEWS=${VIEWS:-16}
 WIDTH=${WIDTH:-800}
 HEIGHT=${HEIGHT:-600}
 # REHEARSE=1: a dry run on a CPU machine with an environment that already has everything (REHEARSE_PY):
@@ -104,7 +104,7 @@ timed crosscheck 120 "$PY" -m pytest -q -rs tests/test_gsplat_crosscheck.py test
 
 stage "demo scene ${VIEWS} views at ${WIDTH}x${HEIGHT}"
 SCENE="$WORK/scene"
-timed demo 120 "$BIN/ulift" demo --output "$SCENE" --width "$WIDTH" --height "$HEIGHT" --num-views "$VIEWS" || true
+timed demo 150 "$BIN/ulift" demo --output "$SCENE" --width "$WIDTH" --height "$HEIGHT" --num-views "$VIEWS" || true
 
 COMMON=(--max-num-iterations "$STEPS" --vis tensorboard --steps-per-save 100000 --steps-per-eval-image 100000
         --steps-per-eval-batch 0 --steps-per-eval-all-images 100000 --machine.seed 0 --output-dir "$WORK/outputs")
