@@ -564,7 +564,7 @@ def rasterization(
                     f"absgrad with {n_channels} channels needs channel_chunk >= {n_channels} (got {chunk}): gsplat "
                     "keeps only the last chunk's means2d.absgrad"
                 )
-            chunk = max(32, n_channels) if n_channels > 32 else chunk
+            chunk = n_channels if n_channels > 32 else chunk
         if chunk is not None:
             gsplat_kwargs["channel_chunk"] = chunk
         kw = dict(
