@@ -15,7 +15,7 @@ OUT=$(realpath -m "${1:?usage: gpu_check.sh OUT_DIR [STEPS]}")
 STEPS=${2:-${STEPS:-500}}
 BUDGET_S=${BUDGET_S:-560}          # stop starting stages past this (the call limit is 600 s)
 WHEELS=${WHEELS:-gpu_wheels}
-VIEWS=${VIEWS:-16}
+VIEWS=${VIEWS:-20}   # 18 train + 2 eval views (train_split_fraction 0.9)
 WIDTH=${WIDTH:-800}
 HEIGHT=${HEIGHT:-600}
 # REHEARSE=1: a dry run on a CPU machine with an environment that already has everything (REHEARSE_PY):
@@ -58,7 +58,7 @@ timed() {
 stage "environment"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -V; which nvcc && nvcc --version | tail -2
-record env "$(python3 -c 'import json,sys,torch; print(json.dumps({"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))')"
+record env "$("${REHEARSE_PY:-python3}" -c 'import json,sys,torch; print(json.dumps({"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))')"
 
 stage "wheels: a venv over the system packages, carried wheels for what is missing (--no-index --no-deps)"
 if [[ $REHEARSE == 1 ]]; then
