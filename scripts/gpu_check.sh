@@ -4,7 +4,8 @@
 #   bash scripts/gpu_check.sh OUT_DIR [STEPS=500]
 #
 # The machine has Python 3.12, torch + CUDA, torchvision, scipy, scikit-learn, scikit-image, opencv,
-# ninja and nvcc, and no internet. Bring the wheels (bash scripts/gpu_wheels.sh, carried as gpu_wheels/).
+# ninja and nvcc, and no internet. Bring the wheels: `bash scripts/gpu_wheels.sh` here, then carry the
+# (git-ignored) gpu_wheels/ folder with the working tree, e.g. the device tool's carry: ["gpu_wheels"].
 # Writes OUT_DIR/results.json (updated after every stage, so a cut-off run still reports) and
 # OUT_DIR/gpu_check.log. Stages: environment, wheel install, gsplat JIT build (timed, build folder reused
 # within the call), cross-check, splatfacto and unified-lift for STEPS steps on an 800x600 demo scene
@@ -90,7 +91,7 @@ stage "gsplat JIT build (once; the build folder is reused by every later stage o
 export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 arch=$("$PY" -c 'import torch; m, n = torch.cuda.get_device_capability(0); print(f"{m}.{n}")' 2>/dev/null || echo none)
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}   # this GPU only: a fraction of the compile time
+[[ $arch == none ]] || export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}   # this GPU only: less to compile
 [[ $REHEARSE == 1 ]] || timed gsplat_build 300 "$PY" -c "
 from gsplat.cuda._backend import _C
 assert _C is not None, 'gsplat kernels did not build'
