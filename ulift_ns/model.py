@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor
@@ -89,6 +89,10 @@ class UnifiedLiftModelConfig(SplatfactoModelConfig):
     lift: LiftLossConfig = field(default_factory=LiftLossConfig)
     rasterizer_backend: str = "auto"
     """"auto" (gsplat on CUDA, torch on CPU), "gsplat" or "torch"."""
+    label_rule: Literal["multiview", "feature"] = "multiview"
+    """Per-Gaussian 3D labels (export, viewer only/remove): "multiview" back-projects the training
+    views' rendered labels by compositing weight (unseen Gaussians get 0); "feature" is the argmax
+    on each Gaussian's own feature."""
 
 
 class UnifiedLiftModel(SplatfactoModel):
@@ -116,6 +120,8 @@ class UnifiedLiftModel(SplatfactoModel):
         self.eval_outputs_features = False
         self.selector = InstanceSelector(self)
         self.surplus_reported: set = set()  # views whose surplus masks were already reported on the console
+        self.label_cameras: Optional[Callable[[], Cameras]] = None  # training cameras, set by the pipeline
+        self.labels_cache_file = None  # where multi-view 3D labels are cached (beside the checkpoint), if known
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         # Override: splatfacto hard-codes six names; identity features need their own optimiser group.
@@ -228,8 +234,12 @@ class UnifiedLiftModel(SplatfactoModel):
                 sub_render, sub_alpha, _ = self._rasterize(subset, viewmat, K, W, H, "RGB", with_features=False)
                 return torch.clamp(sub_render[0] + (1 - sub_alpha[0]) * background, 0.0, 1.0)
 
+            def subset_labels() -> Tensor:
+                labels3d = self.gaussian_labels()[0]
+                return labels3d[crop_ids] if crop_ids is not None else labels3d
+
             labels = outputs["instance_id"][..., 0].long()
-            outputs["selection"] = self.selector.selection_image(outputs["rgb"], labels, params["identity"], render_subset)
+            outputs["selection"] = self.selector.selection_image(outputs["rgb"], labels, subset_labels, render_subset)
             if background.shape[0] == 3:
                 outputs["background"] = background.expand(H, W, 3)
         return outputs
@@ -265,6 +275,12 @@ class UnifiedLiftModel(SplatfactoModel):
         """
         ids, prob = self.codebook_ids(self.rendered_identity(self.identity if identity is None else identity))
         return ids + 1, prob
+
+    def gaussian_labels(self, rule: Optional[str] = None, quiet: bool = False) -> Tuple[Tensor, Tensor]:
+        """The 3D labels export and the viewer use: ``config.label_rule`` unless ``rule`` is given (see ulift_ns.labels3d)."""
+        from ulift_ns.labels3d import gaussian_labels
+
+        return gaussian_labels(self, rule or self.config.label_rule, quiet=quiet)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         # Override: adds the lifting losses to splatfacto's photometric ones.

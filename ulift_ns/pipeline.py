@@ -26,6 +26,12 @@ class UnifiedLiftPipelineConfig(VanillaPipelineConfig):
 
 
 class UnifiedLiftPipeline(VanillaPipeline):
+    def __init__(self, *args, **kwargs):
+        # Override: the model's multi-view 3D labels are rendered from the training cameras, which only the datamanager knows.
+        super().__init__(*args, **kwargs)
+        dataset = self.datamanager.train_dataset
+        self.model.label_cameras = lambda: (dataset.training_cameras() if hasattr(dataset, "training_cameras") else dataset.cameras)
+
     @torch.no_grad()
     def segmentation_metrics(self) -> dict:
         """Metrics over every eval view that has a ground-truth label map; empty when none has."""

@@ -41,7 +41,11 @@ def load_pipeline(config_path: Path, test_mode: Literal["test", "val", "inferenc
 
     if not Path(config_path).is_file():
         raise FileNotFoundError(f"{config_path} does not exist: pass the config.yml that ns-train printed at the end.")
-    _, pipeline, _, _ = eval_setup(Path(config_path), test_mode=test_mode)
+    _, pipeline, checkpoint, step = eval_setup(Path(config_path), test_mode=test_mode)
+    if checkpoint is not None:  # multi-view 3D labels are cached beside the checkpoint they belong to
+        from ulift_ns.labels3d import cache_path
+
+        pipeline.model.labels_cache_file = cache_path(Path(checkpoint).parent, step)
     return pipeline
 
 

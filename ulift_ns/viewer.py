@@ -103,12 +103,12 @@ class InstanceSelector(nn.Module):
         self,
         rgb: torch.Tensor,
         labels: torch.Tensor,
-        gaussian_identity: torch.Tensor,
+        gaussian_labels: Callable[[], torch.Tensor],
         render_subset: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """The ``selection`` output: ``rgb`` with the selection highlighted, isolated or removed.
 
-        ``gaussian_identity`` are the features of the Gaussians being rendered (after any crop);
+        ``gaussian_labels()`` gives the 3D labels of the Gaussians being rendered (after any crop), as export uses;
         ``render_subset(keep)`` renders RGB from only the Gaussians where ``keep`` is true.
         """
         if not self.selected:
@@ -120,8 +120,7 @@ class InstanceSelector(nn.Module):
             hit = torch.isin(labels, chosen)
             tint = model.palette[(labels - 1).clamp_min(0)]
             return torch.where(hit[..., None], 0.35 * rgb + 0.65 * tint, 0.6 * rgb)
-        gaussian_labels = model.gaussian_instance_ids(gaussian_identity)[0]
-        keep = torch.isin(gaussian_labels, chosen)
+        keep = torch.isin(gaussian_labels(), chosen)
         return render_subset(keep if mode == ONLY else ~keep)
 
     # --- export -------------------------------------------------------------------------------
