@@ -59,6 +59,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     scene = generate_demo_scene(root / "scene", num_views=6, width=48, height=36)
     cfg = trainer_config(max_steps=10)
+    cfg.pipeline.model.label_rule = "feature"  # the designed ids are per feature; test_labels3d covers multiview
     cfg.pipeline.datamanager.data = scene
     cfg.output_dir = root / "runs"
     cfg.vis = "tensorboard"
@@ -168,6 +169,7 @@ def test_objects_json(run, cli_export):
     assert info["num_gaussians"] == int(keep.sum()) and info["num_gaussians_model"] == len(keep)
     assert info["dropped"] == {"non_finite": 2, "low_opacity": 1}
     assert info["unassigned"] == 1
+    assert info["unassigned_detail"]["small_objects"] == 0 and info["label_rule"] == "feature"
     palette = model.palette.numpy()
     for o in info["objects"]:
         sel = keep & (labels == o["id"])
@@ -175,9 +177,12 @@ def test_objects_json(run, cli_export):
         assert o["num_gaussians"] == int(sel.sum())
         assert o["codebook_index"] == o["id"] - 1
         lo, hi = np.array(o["bbox_min"]), np.array(o["bbox_max"])
-        assert np.all(pts >= lo - 1e-6) and np.all(pts <= hi + 1e-6)
-        np.testing.assert_allclose(lo, pts.min(0), atol=1e-6)
-        np.testing.assert_allclose(hi, pts.max(0), atol=1e-6)
+        opacity = torch.sigmoid(model.gauss_params["opacities"].detach()).numpy().reshape(-1)[sel]
+        bright = pts[np.argsort(opacity, kind="stable")[int(0.01 * len(pts)) :]]  # the faintest 1% are ignored
+        assert int(0.01 * len(pts)) >= 1
+        np.testing.assert_allclose(lo, bright.min(0), atol=1e-6)
+        np.testing.assert_allclose(hi, bright.max(0), atol=1e-6)
+        assert o["opacity_share"] > 0.1
         assert o["color"] == [round(float(v) * 255) for v in palette[o["id"] - 1]]
         assert all(0 <= v <= 255 for v in o["color"])
         assert 0.95 < o["mean_confidence"] <= 1.0
@@ -369,3 +374,23 @@ def test_cli_selection_and_ids(run, tmp_path, monkeypatch):
     cli.main(["export", "--load-config", config, "--output-dir", str(tmp_path / "s"), "--ids", "7", "--overwrite"])
     assert (tmp_path / "s" / "object_7.ply").is_file()
     assert modes == ["inference"] * 4
+
+
+def test_robust_bbox_and_real_objects():
+    from ulift_ns.export import real_objects, robust_bbox
+
+    pts = np.concatenate([np.zeros((99, 3)), np.full((1, 3), 50.0)])
+    opacity = np.concatenate([np.ones(99), [0.01]])
+    lo, hi = robust_bbox(pts, opacity)
+    assert hi.max() == 0.0  # the one faint far-away Gaussian is ignored
+    labels = np.array([0] * 5 + [2] * 30 + [4] * 3 + [6] * 30)
+    opacity = np.concatenate([np.ones(5), np.ones(30), np.ones(3), np.full(30, 1e-4)])
+    # 4: too few Gaussians; 6: enough Gaussians but almost no opacity; 0 is never an object
+    assert real_objects(labels, opacity, min_gaussians=10, min_share=0.01).tolist() == [2]
+
+
+def test_small_objects_are_unassigned(run, tmp_path):
+    summary = export_segmented(run["model"], tmp_path / "m", label_rule="feature", min_gaussians=10**9)
+    assert summary["objects"] == [] and summary["unassigned_detail"]["small_objects"] == 3
+    scene = _read(tmp_path / "m" / SCENE_FILENAME)
+    assert (scene["instance_id"] == 0).all() and not list((tmp_path / "m").glob("object_*.ply"))

@@ -99,12 +99,21 @@ class Export:
     selection: bool = False
     """Export the ids the viewer saved in the run's selection.json."""
     overwrite: bool = False
+    label_rule: Optional[Literal["multiview", "feature"]] = None
+    """Per-Gaussian labels: multiview (training views' labels back-projected) or feature; default: the run's."""
+    min_gaussians: int = 20
+    """Objects with fewer Gaussians are not exported (their Gaussians get instance_id 0)."""
+    min_share: float = 0.001
+    """Objects with less than this share of the scene's opacity are not exported either."""
 
     def main(self) -> None:
         from ulift_ns.export import run_export
 
         try:
-            summary = run_export(self.load_config, self.output_dir, self.ids, self.selection, self.overwrite)
+            summary = run_export(
+                self.load_config, self.output_dir, self.ids, self.selection, self.overwrite,
+                self.label_rule, self.min_gaussians, self.min_share,
+            )  # fmt: skip
         except (FileExistsError, FileNotFoundError, ValueError) as err:
             raise SystemExit(f"ulift export: {err}") from err
         print(

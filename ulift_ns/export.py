@@ -14,9 +14,10 @@ with plyfile in a single call:
   (``filter_gaussians=False`` keeps them).  Unlike ``ns-export``, a NaN in one
   position drops only that Gaussian (``ns-export`` reduces 1-D columns to a single flag
   and then drops every Gaussian).
-* Object ids are ``1 + codebook index``, the labels of ``model.gaussian_instance_ids()``
-  and of the rendered label maps.  ``instance_id == 0`` in ``scene_instances.ply`` marks
-  a Gaussian whose identity feature is not finite (it belongs to no object).
+* Object ids are ``1 + codebook index``, as in the rendered label maps; per Gaussian they
+  come from ``model.gaussian_labels()`` (``ulift_ns.labels3d``: multi-view by default).
+  ``instance_id == 0`` in ``scene_instances.ply`` marks a Gaussian in no object: unseen in
+  the training views, part of an object below the minimum size, or with a non-finite feature.
 """
 
 from __future__ import annotations
@@ -283,20 +284,47 @@ def previous_export_files(output_dir: Path) -> List[Path]:
 
 
 
-def _object_table(labels: np.ndarray, means: np.ndarray, prob: np.ndarray):
-    """Per present label (> 0): count, bbox min/max and mean probability, all vectorised."""
-    assigned = labels > 0
-    lab, pts, pr = labels[assigned], means[assigned].astype(np.float64), prob[assigned].astype(np.float64)
-    order = np.argsort(lab, kind="stable")
-    lab, pts, pr = lab[order], pts[order], pr[order]
-    present, starts, counts = np.unique(lab, return_index=True, return_counts=True)
-    if present.size == 0:
-        empty = np.zeros((0, 3))
-        return present, counts, empty, empty, np.zeros(0)
-    bbox_min = np.minimum.reduceat(pts, starts, axis=0)
-    bbox_max = np.maximum.reduceat(pts, starts, axis=0)
-    mean_prob = np.add.reduceat(pr, starts) / counts
-    return present, counts, bbox_min, bbox_max, mean_prob
+MIN_OBJECT_GAUSSIANS = 20
+"""Objects with fewer Gaussians than this are not listed: their Gaussians count as unassigned."""
+MIN_OBJECT_SHARE = 0.001
+"""Objects holding less than this share of the scene's opacity (sum of sigmoid(opacity)) are not listed either."""
+BBOX_FAINT_SHARE = 0.01
+"""Bounding boxes ignore the faintest 1% of an object's Gaussians (by opacity)."""
+
+
+def robust_bbox(points: np.ndarray, opacity: np.ndarray, faint_share: float = BBOX_FAINT_SHARE):
+    """Min / max corner of ``points`` ``[n,3]`` after dropping the faintest ``faint_share`` of them."""
+    n = points.shape[0]
+    drop = int(np.floor(faint_share * n))
+    if drop > 0:
+        points = points[np.argsort(opacity, kind="stable")[drop:]]
+    return points.min(axis=0), points.max(axis=0)
+
+
+def real_objects(
+    labels: np.ndarray, opacity: np.ndarray, min_gaussians: int = MIN_OBJECT_GAUSSIANS, min_share: float = MIN_OBJECT_SHARE
+) -> np.ndarray:
+    """Labels (> 0) with at least ``min_gaussians`` Gaussians and ``min_share`` of the total opacity, sorted."""
+    present, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    mass = np.bincount(inverse.reshape(-1), weights=opacity.astype(np.float64), minlength=present.size)
+    total = max(float(opacity.sum()), 1e-12)
+    ok = (present > 0) & (counts >= min_gaussians) & (mass / total >= min_share)
+    return present[ok]
+
+
+def _object_table(labels: np.ndarray, means: np.ndarray, prob: np.ndarray, opacity: np.ndarray):
+    """Per present label (> 0): count, robust bbox min/max, mean probability and opacity share."""
+    present = np.unique(labels[labels > 0])
+    counts = np.array([int((labels == i).sum()) for i in present], dtype=np.int64)
+    bbox_min, bbox_max = np.zeros((present.size, 3)), np.zeros((present.size, 3))
+    mean_prob, share = np.zeros(present.size), np.zeros(present.size)
+    total = max(float(opacity.sum()), 1e-12)
+    for k, label in enumerate(present):
+        sel = labels == label
+        bbox_min[k], bbox_max[k] = robust_bbox(means[sel].astype(np.float64), opacity[sel])
+        mean_prob[k] = float(prob[sel].astype(np.float64).mean())
+        share[k] = float(opacity[sel].sum()) / total
+    return present, counts, bbox_min, bbox_max, mean_prob, share
 
 
 @torch.no_grad()
@@ -306,8 +334,15 @@ def export_segmented(
     ids: Optional[Sequence[int]] = None,
     overwrite: bool = False,
     filter_gaussians: bool = True,
+    label_rule: Optional[str] = None,
+    min_gaussians: int = MIN_OBJECT_GAUSSIANS,
+    min_share: float = MIN_OBJECT_SHARE,
 ) -> dict:
     """Write ``object_<id>.ply`` per object (all, or only ``ids``), ``scene_instances.ply`` and ``objects.json``.
+
+    Labels come from ``model.gaussian_labels(label_rule)`` (default: the model's rule, multi-view).
+    Only real objects are listed (``min_gaussians``, ``min_share`` of the opacity); the Gaussians
+    of smaller ones, and unseen ones, are unassigned: ``instance_id`` 0 and in no object's PLY.
 
     Every target is checked before anything is written, so an existing file (without
     ``overwrite``) or an unknown id leaves ``output_dir`` untouched.  With ``overwrite``
@@ -316,7 +351,7 @@ def export_segmented(
     """
     output_dir = Path(output_dir)
     n_total = int(model.gauss_params["means"].shape[0])
-    labels_t, prob_t = model.gaussian_instance_ids()
+    labels_t, prob_t = model.gaussian_labels(label_rule)
     labels = labels_t.detach().cpu().numpy().astype(np.int64)
     prob = prob_t.detach().cpu().numpy().astype(np.float64)
     labels = np.where(np.isfinite(prob), labels, 0)  # non-finite identity: no object
@@ -330,9 +365,16 @@ def export_segmented(
         "low_opacity": int((finite & ~visible).sum()) if filter_gaussians else 0,
     }
 
+    opacity = torch.sigmoid(model.gauss_params["opacities"].detach().float()).reshape(-1).cpu().numpy().astype(np.float64)
+    opacity = np.nan_to_num(opacity, nan=0.0)
+    unseen = int((labels[keep] == 0).sum())
+    real = real_objects(labels[keep], opacity[keep], min_gaussians, min_share)
+    small = np.setdiff1d(np.unique(labels[keep][labels[keep] > 0]), real)
+    small_gaussians = int(np.isin(labels[keep], small).sum())
+    labels = np.where(np.isin(labels, real), labels, 0)
     kept_labels = labels[keep]
     means = model.gauss_params["means"].detach().cpu().numpy()[keep]
-    present, counts, bbox_min, bbox_max, mean_prob = _object_table(kept_labels, means, prob[keep])
+    present, counts, bbox_min, bbox_max, mean_prob, share = _object_table(kept_labels, means, prob[keep], opacity[keep])
     existing = [int(i) for i in present]
 
     if ids is None:
@@ -374,6 +416,7 @@ def export_segmented(
                 "bbox_max": [float(v) for v in bbox_max[k]],
                 "color": [int(v) for v in np.clip(np.round(colour * 255.0), 0, 255)],
                 "mean_confidence": float(mean_prob[k]),
+                "opacity_share": float(share[k]),
                 "ply": object_filename(label) if label in selected_set else None,
             }
         )
@@ -381,7 +424,7 @@ def export_segmented(
     for label in selected:
         part = np.ascontiguousarray(floats[kept_labels == label]).view(std_dtype).reshape(-1)
         write_ply(output_dir / object_filename(label), part, comments=[f"ulift_ns object {label}"])
-    write_ply(output_dir / SCENE_FILENAME, scene, comments=["instance_id: 1 + codebook index, 0 = no object"])
+    write_ply(output_dir / SCENE_FILENAME, scene, comments=["instance_id: 1 + codebook index, 0 = unassigned (unseen or too small)"])
 
     for path in set(replaced) - set(targets):  # --overwrite replaces the earlier export as a set
         path.unlink(missing_ok=True)
@@ -392,6 +435,14 @@ def export_segmented(
         "filtered": bool(filter_gaussians),
         "dropped": dropped,
         "unassigned": int((kept_labels == 0).sum()),
+        "unassigned_detail": {
+            "unseen_or_no_label": unseen,
+            "small_objects": int(small.size),
+            "small_object_gaussians": small_gaussians,
+            "min_gaussians": int(min_gaussians),
+            "min_share": float(min_share),
+        },
+        "label_rule": str(label_rule or getattr(model.config, "label_rule", "feature")),
         "sh_degree": int(model.config.sh_degree),
         "scene_ply": SCENE_FILENAME,
         "exported_ids": selected,
@@ -407,6 +458,9 @@ def run_export(
     ids: Optional[str] = None,
     selection: bool = False,
     overwrite: bool = False,
+    label_rule: Optional[str] = None,
+    min_gaussians: int = MIN_OBJECT_GAUSSIANS,
+    min_share: float = MIN_OBJECT_SHARE,
 ) -> dict:
     """What ``ulift export`` does: resolve the ids, load the run, export."""
     if ids is not None and selection:
@@ -418,4 +472,7 @@ def run_export(
     from ulift_ns.health import usable_model
 
     pipeline = load_pipeline(Path(load_config), test_mode="inference")
-    return export_segmented(usable_model(pipeline.model, "ulift export", drop=False), output_dir, ids=wanted, overwrite=overwrite)
+    model = usable_model(pipeline.model, "ulift export", drop=False)
+    return export_segmented(
+        model, output_dir, ids=wanted, overwrite=overwrite, label_rule=label_rule, min_gaussians=min_gaussians, min_share=min_share
+    )
