@@ -67,6 +67,10 @@ def compute_multiview_labels(model, cameras, unseen_weight: float = UNSEEN_WEIGH
         if selector is not None:
             selector.selected = selected
     rows = live_rows(label_maps)
+    pixels = torch.zeros(rows.shape[0], dtype=torch.long)
+    for m in label_maps:
+        values, counts = torch.unique(m[m > 0].cpu(), return_counts=True)
+        pixels += torch.zeros_like(pixels).index_add_(0, torch.searchsorted(rows, values - 1), counts)
     p = model.gauss_params
     geometry = dict(
         means=p["means"].detach(),
@@ -102,6 +106,7 @@ def compute_multiview_labels(model, cameras, unseen_weight: float = UNSEEN_WEIGH
         "confidence": result.confidence.cpu(),
         "total_weight": result.total_weight.cpu(),
         "rows": result.rows.cpu(),
+        "rows_by_size": rows[torch.argsort(pixels, descending=True, stable=True)].cpu(),
         "seconds": seconds,
         "num_views": len(views),
     }
@@ -173,6 +178,10 @@ def model_multiview_labels(model, unseen_weight: float = UNSEEN_WEIGHT, quiet: b
                 except OSError:
                     pass  # a read-only run folder: keep the labels in memory only
         object.__setattr__(model, "_labels3d", (key, data))
+        if "rows_by_size" in data and hasattr(model, "palette"):  # the largest objects get the most distinct colours
+            from ulift_ns.palette import ranked_palette
+
+            model.palette = ranked_palette(model.palette.shape[0], data["rows_by_size"].tolist()).to(model.palette.device)
     return data["labels"].to(model.device), data["confidence"].to(model.device)
 
 
