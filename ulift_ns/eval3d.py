@@ -63,7 +63,8 @@ def isolation_iou(pipeline, scene: Path, demo, labels: np.ndarray, mapping: Dict
     inverse = {g: pr for pr, g in mapping.items()}
     labels_t = torch.from_numpy(labels).to(model.device)
     per_object: Dict[int, list] = {o.id: [] for o in demo.objects}
-    for stem, camera in split_cameras(pipeline, "test"):
+    views = split_cameras(pipeline, "test") or split_cameras(pipeline, "all")  # eval-mode "all" holds no test views
+    for stem, camera in views:
         camera = camera.to(model.device)
         W, H = int(camera.width.item()), int(camera.height.item())
         intr = {k: float(transforms[k]) for k in ("fl_x", "fl_y", "cx", "cy")} | {"w": W, "h": H}

@@ -9,7 +9,7 @@ Rules (``--label-rule``):
 
 The multi-view labels are computed once per model state (Gaussian count and a fingerprint
 of geometry, features and codebook) and kept on the model; when the run's checkpoint folder is known they are also
-saved beside the checkpoint as ``labels3d-step-<step>.pt`` and read back next time.
+saved beside the checkpoints as ``RUN/labels3d/step-<step>.pt`` and read back next time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ CACHE_FORMAT = "ulift_ns.labels3d/1"
 
 
 def cache_path(checkpoint_dir: Path, step: int) -> Path:
-    return Path(checkpoint_dir) / f"labels3d-step-{int(step):09d}.pt"
+    """``RUN/labels3d/step-<step>.pt``: beside ``nerfstudio_models/``, not in it (ns-* parse every file name there)."""
+    return Path(checkpoint_dir).parent / "labels3d" / f"step-{int(step):09d}.pt"
 
 
 def _camera_views(model, cameras) -> List[Tuple[Tensor, Tensor, int, int]]:
