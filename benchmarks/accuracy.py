@@ -37,8 +37,33 @@ def run_preset(name: str, scene: Path, out: Path, steps: int) -> Dict[str, float
         run = train_on_scene(scene, out / "runs" / name, steps, model=model, quiet=True)
         metrics = predict_and_score(run.pipeline, scene, out / "labels" / name, readout=preset.readout)
         metrics["psnr_train"] = run.psnr_after["train"]
+        metrics.update(scores_3d(run.pipeline, scene))
     metrics["minutes"] = (time.time() - start) / 60
     return metrics
+
+
+def scores_3d(pipeline, scene: Path) -> Dict[str, float]:
+    """Per-Gaussian 3D metrics (ulift_ns.eval3d, the default multi-view label rule), keys prefixed ``3d_``."""
+    from ulift_ns.eval3d import evaluate_3d
+
+    return {f"3d_{k}": v for k, v in evaluate_3d(pipeline, scene).items()}
+
+
+def print_table_3d(results: Dict[str, Dict[int, Dict[str, float]]], seeds: List[int]) -> None:
+    """The 3D columns: 3D PQ, label accuracy, isolation IoU (means) and exported / true object counts per scene."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Per-Gaussian 3D labels (multi-view rule), mean over scenes")
+    for col in ("preset", "3D PQ", "label acc", "isolation IoU", "objects / true per scene"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for name, per_seed in results.items():
+        if not all("3d_pq3d" in per_seed[s] for s in seeds):
+            continue
+        mean = {k: sum(per_seed[s][f"3d_{k}"] for s in seeds) / len(seeds) for k in ("pq3d", "label_acc", "iso_iou")}
+        counts = " ".join(f"{per_seed[s]['3d_objects']:.0f}/{per_seed[s]['3d_true_objects']:.0f}" for s in seeds)
+        table.add_row(name, f"{mean['pq3d']:.1f}", f"{mean['label_acc']:.1f}", f"{mean['iso_iou']:.1f}", counts)
+    Console().print(table)
 
 
 def print_table(results: Dict[str, Dict[int, Dict[str, float]]], seeds: List[int]) -> None:
@@ -80,6 +105,7 @@ def main() -> None:
             print(f"seed {seed} {name}: " + ", ".join(f"{k}={results[name][seed][k]:.1f}" for k in COLUMNS + ("minutes",)), flush=True)
             (args.output / "accuracy.json").write_text(json.dumps({"args": vars(args) | {"output": str(args.output)}, "results": results}, indent=2))
     print_table(results, args.seeds)
+    print_table_3d(results, args.seeds)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class Eval:
     pred: Path
     output_json: Optional[Path] = None
     """Defaults to PRED/metrics.json."""
+    load_config: Optional[Path] = None
+    """A trained run: also score its per-Gaussian 3D labels (demo scenes: 3D PQ, label accuracy, object count, isolation IoU)."""
+    label_rule: Optional[Literal["multiview", "feature"]] = None
+    """3D label rule to score (default: the run's)."""
 
     def main(self) -> None:
         from ulift_ns.evaluate import evaluate_predictions, print_metrics
@@ -86,6 +90,13 @@ class Eval:
         out = self.output_json or self.pred / "metrics.json"
         print_metrics(evaluate_predictions(self.data, self.pred, out))
         print(f"Wrote {out}")
+        if self.load_config is not None:
+            from ulift_ns.eval3d import run_eval_3d
+
+            try:
+                run_eval_3d(self.load_config, self.data, out, self.label_rule)
+            except (FileNotFoundError, ValueError) as err:
+                raise SystemExit(f"ulift eval: {err}") from None
 
 
 @dataclass

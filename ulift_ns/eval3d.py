@@ -144,3 +144,20 @@ def print_metrics_3d(metrics: Dict[str, float], title: str = "3D segmentation (p
         table.add_column(names[k], justify="right")
     table.add_row(*[f"{metrics[k]:.0f}" if k in ("objects", "true_objects") else f"{metrics[k]:.1f}" for k in keys])
     Console().print(table)
+
+
+def run_eval_3d(load_config: Path, scene: Path, metrics_json: Optional[Path] = None, label_rule: Optional[str] = None) -> Dict[str, float]:
+    """What ``ulift eval --load-config`` adds: the 3D metrics, printed and merged into ``metrics_json`` under ``metrics_3d``."""
+    from ulift_ns.labelio import write_json_atomic
+    from ulift_ns.predict import load_pipeline
+
+    if demo_scene_of(scene) is None:
+        raise ValueError(f"{scene} is not a ulift demo scene (no demo_meta.json): 3D ground truth comes from the demo's primitives.")
+    pipeline = load_pipeline(Path(load_config), test_mode="inference")
+    metrics = evaluate_3d(pipeline, scene, label_rule=label_rule, quiet=False)
+    print_metrics_3d(metrics)
+    if metrics_json is not None and Path(metrics_json).is_file():
+        data = json.loads(Path(metrics_json).read_text(encoding="utf-8"))
+        data["metrics_3d"] = metrics
+        write_json_atomic(Path(metrics_json), data)
+    return metrics

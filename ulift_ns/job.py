@@ -26,6 +26,7 @@ class DemoJobResult:
     psnr_after: Dict[str, float]
     metrics: Dict[str, float]
     minutes: float
+    metrics_3d: Optional[Dict[str, float]] = None
 
 
 @torch.no_grad()
@@ -123,8 +124,17 @@ def run_demo_job(
         "minutes": result.minutes,
         "metrics": metrics,
     }
+    add_3d_scores(result, summary, run.pipeline)
     write_json_atomic(labels / "summary.json", summary)
     return result
+
+
+def add_3d_scores(result: DemoJobResult, summary: Dict[str, object], pipeline) -> None:
+    """The per-Gaussian 3D evaluation (``ulift_ns.eval3d``, default label rule) into the result and summary."""
+    from ulift_ns.eval3d import evaluate_3d
+
+    result.metrics_3d = evaluate_3d(pipeline, result.scene, quiet=False)
+    summary["metrics_3d"] = result.metrics_3d
 
 
 def report(result: DemoJobResult) -> None:
@@ -136,6 +146,10 @@ def report(result: DemoJobResult) -> None:
         console.print(
             f"PSNR on {name}: {result.psnr_before[split]:.2f} dB before training -> {result.psnr_after[split]:.2f} dB after"
         )
+    if result.metrics_3d:
+        from ulift_ns.eval3d import print_metrics_3d
+
+        print_metrics_3d(result.metrics_3d, title="Demo scene: 3D segmentation (per Gaussian, opacity-weighted)")
     console.print(f"Scene:        {result.scene}")
     console.print(f"Trained run:  {result.config}  (open with: ns-viewer --load-config {result.config})")
     console.print(f"Label maps:   {result.labels}  (overlays in {result.labels / 'overlay'}, summary.json beside them)")

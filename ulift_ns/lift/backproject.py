@@ -101,3 +101,43 @@ def multiview_labels(
     if weights is None:
         weights = torch.zeros(num_gaussians, rows.shape[0])
     return labels_from_weights(weights, rows, unseen_weight)
+
+
+def fill_hidden_from_neighbours(
+    means: Tensor, labels: Tensor, k: int = 8, radius_factor: float = 3.0
+) -> Tuple[Tensor, Tensor]:
+    """Give an unseen Gaussian (label 0) the majority label of its ``k`` nearest seen Gaussians.
+
+    Only neighbours closer than ``radius_factor`` times the median seen-to-seen nearest-neighbour
+    spacing count, so Gaussians hidden inside or behind an object join it while ones far from
+    every seen Gaussian (never in any view) stay 0.  Returns ``(labels, filled mask)``.
+    """
+    from scipy.spatial import cKDTree
+
+    seen = labels > 0
+    filled = torch.zeros_like(seen)
+    if int(seen.sum()) < 2 or bool(seen.all()):
+        return labels.clone(), filled
+    pts = means.detach().cpu().double().numpy()
+    seen_np = seen.cpu().numpy()
+    tree = cKDTree(pts[seen_np])
+    spacing, _ = tree.query(pts[seen_np], k=2)
+    radius = radius_factor * float(torch.tensor(spacing[:, 1]).median())
+    kk = min(k, int(seen.sum()))
+    dist, idx = tree.query(pts[~seen_np], k=kk)
+    dist, idx = dist.reshape(-1, kk), idx.reshape(-1, kk)
+    seen_labels = labels.cpu()[seen].numpy()
+    votes = torch.from_numpy(seen_labels[idx])  # [U, k]
+    near = torch.from_numpy(dist <= radius)
+    votes = torch.where(near, votes, torch.zeros_like(votes))
+    out = labels.clone().cpu()
+    unseen_idx = torch.nonzero(~seen.cpu(), as_tuple=True)[0]
+    n_labels = int(votes.max()) + 1 if votes.numel() else 1
+    counts = torch.zeros(votes.shape[0], n_labels, dtype=torch.long)
+    counts.scatter_add_(1, votes, near.long())
+    counts[:, 0] = 0
+    best = counts.argmax(1)
+    has = counts.max(1).values > 0
+    out[unseen_idx[has]] = best[has]
+    filled[unseen_idx[has].to(filled.device)] = True
+    return out.to(labels.device), filled
