@@ -128,6 +128,10 @@ def evaluate_3d(
         "true_objects": float(len(demo.objects) + 2),  # + ground + sky
         "unassigned_share": 100.0 * float(w_k[pred_k == 0].sum() / max(w_k.sum(), 1e-12)),
     }
+    sky_id = max([o.id for o in demo.objects], default=0) + 2
+    solid = gt_k != sky_id  # the sky dome is mostly outside every view: the same scores without it
+    result["label_acc_no_sky"] = hungarian_label_accuracy(pred_k[solid], gt_k[solid], w_k[solid])
+    result["pq3d_no_sky"] = panoptic_quality_3d(pred_k[solid], gt_k[solid], w_k[solid])["pq"]
     if with_isolation:
         result["iso_iou"] = isolation_iou(pipeline, scene, demo, labels, hungarian_match(pred_k, gt_k, w_k))
     return result
