@@ -116,18 +116,3 @@ def test_labels_from_weights_exact():
     empty = labels_from_weights(torch.zeros(3, 0), torch.zeros(0, dtype=torch.long))
     assert empty.labels.tolist() == [0, 0, 0]
 
-
-def test_hidden_gaussians_join_their_neighbours_far_ones_stay_unseen():
-    from ulift_ns.lift.backproject import fill_hidden_from_neighbours
-
-    g = torch.Generator().manual_seed(0)
-    shell = torch.randn(400, 3, generator=g)
-    shell = shell / shell.norm(dim=1, keepdim=True)  # a seen unit sphere, label 5
-    inside = 0.9 * shell[:20]  # hidden just under its surface
-    far = torch.tensor([[30.0, 0.0, 0.0]])  # never seen, far from everything
-    means = torch.cat([shell, inside, far])
-    labels = torch.cat([torch.full((400,), 5), torch.zeros(21, dtype=torch.long)])
-    out, filled = fill_hidden_from_neighbours(means, labels)
-    assert (out[400:420] == 5).all() and filled[400:420].all()
-    assert out[420] == 0 and not filled[420] and not filled[:400].any()
-    assert torch.equal(out[:400], labels[:400])
