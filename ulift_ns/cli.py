@@ -14,11 +14,17 @@ class Demo:
     """Generate the built-in demo scene (images, SAM-like masks, ground truth, seed points)."""
 
     output: Path = Path("demo_scene")
+    """Scene folder to write."""
     seed: int = 0
+    """Random seed of the scene layout and cameras."""
     num_views: int = 48
+    """Number of camera views (nerfstudio holds out every 8th for eval)."""
     width: int = 160
+    """Image width in pixels."""
     height: int = 120
+    """Image height in pixels."""
     overwrite: bool = False
+    """Replace an existing scene folder."""
     distortion: Optional[Tuple[float, float]] = None
     """OPENCV radial lens distortion (k1 k2) baked into images and masks, e.g. --distortion 0.2 0.05."""
 
@@ -36,12 +42,19 @@ class RunDemo:
     """The main job: demo scene -> train unified-lift -> render labels -> segmentation metrics."""
 
     output: Path = Path("outputs/demo")
+    """Folder for the scene, the run, the label maps and summary.json."""
     seed: int = 0
+    """Random seed of the scene and of training."""
     steps: int = 2000
+    """Training steps (the schedule is fitted to them)."""
     num_views: int = 48
+    """Number of camera views of the demo scene."""
     width: int = 160
+    """Image width in pixels."""
     height: int = 120
+    """Image height in pixels."""
     device: Optional[Literal["cpu", "cuda"]] = None
+    """Where to train (default: cuda when available)."""
 
     def main(self) -> None:
         from ulift_ns.job import report, run_demo_job
@@ -54,19 +67,21 @@ class Render:
     """Write per-view label maps (uint16, 1 + codebook index, 0 = empty) and colour overlays."""
 
     load_config: Path
+    """The run's config.yml (printed by ns-train at the end); any working directory works."""
     output_dir: Path
+    """Folder for <image stem>.png label maps and overlay/<image stem>.png."""
     split: Literal["train", "test", "all"] = "all"
+    """Which views to render: training, held-out, or both."""
     overwrite: bool = False
+    """Replace label maps already in --output-dir."""
 
     def main(self) -> None:
-        from ulift_ns.health import NonFiniteModelError, usable_model
-        from ulift_ns.predict import load_pipeline, write_predictions
+        from ulift_ns.health import usable_model
+        from ulift_ns.predict import check_output_folder, load_pipeline, write_predictions
 
+        check_output_folder(self.output_dir, self.overwrite)  # before the loading, not after
         pipeline = load_pipeline(self.load_config)
-        try:
-            usable_model(pipeline.model, "ulift render")
-        except NonFiniteModelError as err:
-            raise SystemExit(f"ulift render: {err}") from None
+        usable_model(pipeline.model, "ulift render")
         written = write_predictions(pipeline, self.split, self.output_dir, self.overwrite)
         print(f"Wrote {len(written)} label maps to {self.output_dir} (overlays in {self.output_dir / 'overlay'})")
 
@@ -76,9 +91,11 @@ class Eval:
     """Score label maps in --pred against SCENE/gt_masks: scene PQ, matched mIoU, consistency, COCO mAP."""
 
     data: Path
+    """Scene folder holding gt_masks/<image stem>.png (ids consistent across views)."""
     pred: Path
+    """Folder of predicted label maps, as `ulift render` writes them."""
     output_json: Optional[Path] = None
-    """Defaults to PRED/metrics.json."""
+    """Where to write the metrics (default: PRED/metrics.json)."""
     load_config: Optional[Path] = None
     """A trained run: also score its per-Gaussian 3D labels (demo scenes: 3D PQ, label accuracy, object count, isolation IoU)."""
     label_rule: Optional[Literal["multiview", "feature"]] = None
@@ -93,10 +110,12 @@ class Eval:
         if self.load_config is not None:
             from ulift_ns.eval3d import run_eval_3d
 
+            from ulift_ns.errors import InvalidArgumentError
+
             try:
                 run_eval_3d(self.load_config, self.data, out, self.label_rule)
-            except (FileNotFoundError, ValueError) as err:
-                raise SystemExit(f"ulift eval: {err}") from None
+            except ValueError as err:  # no 3D ground truth for this scene, or a run without training cameras
+                raise InvalidArgumentError(str(err)) from None
 
 
 @dataclass
@@ -104,12 +123,15 @@ class Export:
     """Export each 3D object as a standard 3DGS PLY, plus scene_instances.ply (with instance_id) and objects.json."""
 
     load_config: Path
+    """The run's config.yml (printed by ns-train at the end); any working directory works, no images needed."""
     output_dir: Path
+    """Folder for object_<id>.ply, scene_instances.ply and objects.json."""
     ids: Optional[str] = None
     """Object ids to export (1 + codebook index), e.g. 3,7. Default: every object."""
     selection: bool = False
-    """Export the ids the viewer saved in the run's selection.json."""
+    """Export what is selected in the viewer (saved on every click in the run's selection.json)."""
     overwrite: bool = False
+    """Replace an earlier export in --output-dir (as a set)."""
     label_rule: Optional[Literal["multiview", "feature"]] = None
     """Per-Gaussian labels: multiview (training views' labels back-projected) or feature; default: the run's."""
     min_gaussians: int = 20
@@ -120,13 +142,10 @@ class Export:
     def main(self) -> None:
         from ulift_ns.export import run_export
 
-        try:
-            summary = run_export(
-                self.load_config, self.output_dir, self.ids, self.selection, self.overwrite,
-                self.label_rule, self.min_gaussians, self.min_share,
-            )  # fmt: skip
-        except (FileExistsError, FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"ulift export: {err}") from err
+        summary = run_export(
+            self.load_config, self.output_dir, self.ids, self.selection, self.overwrite,
+            self.label_rule, self.min_gaussians, self.min_share,
+        )  # fmt: skip
         print(
             f"Exported {len(summary['exported_ids'])} of {len(summary['objects'])} objects and "
             f"{summary['num_gaussians']} Gaussians to {self.output_dir}"
@@ -147,7 +166,9 @@ class Masks:
     points_per_side: int = 32
     """SAM: prompt grid is points_per_side^2 points."""
     pred_iou_thresh: float = 0.88
+    """SAM: keep masks whose predicted IoU is at least this."""
     stability_score_thresh: float = 0.95
+    """SAM: keep masks whose stability score is at least this."""
     device: Optional[str] = None
     """SAM: cuda or cpu (default: cuda when available)."""
     scale: float = 800.0
@@ -164,7 +185,7 @@ class Masks:
     """Replace masks in sam_masks/ that this command did not write."""
 
     def main(self) -> None:
-        from ulift_ns.masks import FelzenszwalbParams, MaskSettings, MaskSettingsError, SamParams, SlicParams, make_masks
+        from ulift_ns.masks import FelzenszwalbParams, MaskSettings, SamParams, SlicParams, make_masks
 
         settings = MaskSettings(
             method=self.method,
@@ -179,10 +200,7 @@ class Masks:
                 device=self.device,
             ),
         )
-        try:
-            result = make_masks(self.data, settings, overwrite=self.overwrite)
-        except (MaskSettingsError, FileExistsError, FileNotFoundError) as err:
-            raise SystemExit(f"ulift masks: {err}") from err
+        result = make_masks(self.data, settings, overwrite=self.overwrite)
         print(
             f"{len(result.generated)} mask(s) written, {len(result.skipped)} up to date, in {result.mask_dir} "
             f"(manifest {result.manifest.name}). Train with: ns-train unified-lift --data {self.data}"
@@ -202,14 +220,12 @@ class ConvertLlff:
     seed_points: int = 0
     """Also write sparse_pc.ply: N random points inside the frustums between the near/far bounds (0 = none: random init)."""
     overwrite: bool = False
+    """Replace transforms.json and images/ in --output."""
 
     def main(self) -> None:
-        from ulift_ns.convert import LlffFormatError, convert_llff
+        from ulift_ns.convert import convert_llff
 
-        try:
-            out = convert_llff(self.data, self.output, self.downscale, self.overwrite, self.seed_points)
-        except (LlffFormatError, FileExistsError, FileNotFoundError) as err:
-            raise SystemExit(f"ulift convert llff: {err}") from err
+        out = convert_llff(self.data, self.output, self.downscale, self.overwrite, self.seed_points)
         print(f"Wrote {out / 'transforms.json'}. Next: ulift masks --data {out} --method felzenszwalb (or SAM)")
 
 
@@ -243,9 +259,30 @@ COMMANDS = {
 }
 
 
+COMMAND_NAMES = {Demo: "demo", RunDemo: "run-demo", Render: "render", Eval: "eval", Export: "export", Masks: "masks",
+                 ConvertLlff: "convert llff"}  # fmt: skip
+
+
 def main(argv: Optional[list] = None) -> None:
+    """Run a command; a user's mistake prints ``ulift <command>: <what and the fix>`` and exits 2, bugs keep tracebacks."""
+    import sys
+
+    from ulift_ns.errors import UserExit, quiet_known_warnings, user_errors
+
     command = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv)
-    command.main()
+    name = COMMAND_NAMES.get(type(command), "")
+    with quiet_known_warnings():
+        try:
+            command.main()
+        except UserExit:
+            raise
+        except BaseException as err:
+            if not isinstance(err, user_errors()):
+                raise
+            text = str(err).strip()
+            message = text if text.startswith(("ulift ", "ns-train ")) else f"ulift {name}: {text}"
+            print(message, file=sys.stderr)
+            raise UserExit(message) from None
 
 
 if __name__ == "__main__":

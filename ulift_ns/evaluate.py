@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ulift_ns.errors import InvalidArgumentError, MissingInputError
 from ulift_ns.labelio import read_label_map, write_json_atomic
 from ulift_ns.metrics import evaluate_all
 
@@ -53,13 +54,15 @@ def load_label_pairs(scene: Path, pred_dir: Path) -> tuple[List[str], List[np.nd
     """
     gt_dir = Path(scene) / "gt_masks"
     if not gt_dir.is_dir():
-        raise FileNotFoundError(f"{gt_dir} does not exist: ground-truth label maps (one per image stem) are needed to evaluate.")
+        raise MissingInputError(f"{gt_dir} does not exist: ground-truth label maps (one per image stem) are needed to evaluate.")
     preds = sorted(p for p in Path(pred_dir).glob("*.png"))
     if not preds:
-        raise FileNotFoundError(f"No predicted label maps in {pred_dir}: make them with `ulift render --load-config ... --output-dir {pred_dir}`.")
+        raise MissingInputError(f"No predicted label maps in {pred_dir}: make them with `ulift render --load-config ... --output-dir {pred_dir}`.")
     distorted = distorted_cameras(scene)
     stems, pred_maps, gt_maps = [], [], []
-    for path in preds:
+    from ulift_ns.progress import track
+
+    for path in track(preds, "Reading label maps"):
         gt_path = gt_dir / path.name
         if not gt_path.is_file():
             continue
@@ -67,12 +70,12 @@ def load_label_pairs(scene: Path, pred_dir: Path) -> tuple[List[str], List[np.nd
         if path.stem in distorted:
             gt = gt_in_training_camera(gt, distorted[path.stem])
         if pred.shape != gt.shape:
-            raise ValueError(f"{path} is {pred.shape[::-1]} but {gt_path} is {gt.shape[::-1]}: render at the ground truth's resolution.")
+            raise InvalidArgumentError(f"{path} is {pred.shape[::-1]} but {gt_path} is {gt.shape[::-1]}: render at the ground truth's resolution.")
         stems.append(path.stem)
         pred_maps.append(pred)
         gt_maps.append(gt)
     if not stems:
-        raise FileNotFoundError(f"None of the predictions in {pred_dir} has a ground truth in {gt_dir} (matched by file name).")
+        raise MissingInputError(f"None of the predictions in {pred_dir} has a ground truth in {gt_dir} (matched by file name).")
     return stems, pred_maps, gt_maps
 
 

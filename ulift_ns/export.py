@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ulift_ns.errors import InvalidArgumentError, MissingInputError, UserError
 from ulift_ns.labelio import atomic_path, check_can_write, remove_stale_temp_files, write_json_atomic
 
 SELECTION_FILENAME = "selection.json"
@@ -45,11 +46,11 @@ _SH_C0 = 0.28209479177387814
 ArrayLike = Union[np.ndarray, Tensor]
 
 
-class UnknownObjectError(ValueError):
+class UnknownObjectError(UserError, ValueError):
     """Requested object ids that the model does not contain."""
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError, ValueError):
     """The viewer's selection file is missing, empty or unreadable."""
 
 
@@ -254,9 +255,9 @@ def parse_ids(text: str) -> List[int]:
     try:
         ids = [int(p) for p in parts]
     except ValueError as err:
-        raise ValueError(f"--ids must be integers separated by commas, e.g. --ids 3,7; got {text!r}") from err
+        raise InvalidArgumentError(f"--ids must be integers separated by commas, e.g. --ids 3,7; got {text!r}") from err
     if not ids:
-        raise ValueError("--ids is empty; pass e.g. --ids 3,7, or leave it out to export every object")
+        raise InvalidArgumentError("--ids is empty; pass e.g. --ids 3,7, or leave it out to export every object")
     return sorted(set(ids))
 
 
@@ -421,7 +422,9 @@ def export_segmented(
             }
         )
 
-    for label in selected:
+    from ulift_ns.progress import track
+
+    for label in track(selected, "Exporting objects"):
         part = np.ascontiguousarray(floats[kept_labels == label]).view(std_dtype).reshape(-1)
         write_ply(output_dir / object_filename(label), part, comments=[f"ulift_ns object {label}"])
     write_ply(output_dir / SCENE_FILENAME, scene, comments=["instance_id: 1 + codebook index, 0 = unassigned (unseen or too small)"])
@@ -452,6 +455,16 @@ def export_segmented(
     return summary
 
 
+def check_export_targets(output_dir: Path, ids: Optional[Sequence[int]], overwrite: bool) -> None:
+    """The existing-file check ``export_segmented`` repeats, done before loading (every object when ``ids`` is None)."""
+    if overwrite:
+        return
+    names = [SCENE_FILENAME, OBJECTS_FILENAME]
+    names += [object_filename(i) for i in ids] if ids is not None else [p.name for p in sorted(Path(output_dir).glob("object_*.ply"))]
+    for name in names:
+        check_can_write(Path(output_dir) / name, overwrite)
+
+
 def run_export(
     load_config: Path,
     output_dir: Path,
@@ -462,10 +475,15 @@ def run_export(
     min_gaussians: int = MIN_OBJECT_GAUSSIANS,
     min_share: float = MIN_OBJECT_SHARE,
 ) -> dict:
-    """What ``ulift export`` does: resolve the ids, load the run, export."""
+    """What ``ulift export`` does: resolve the ids, check the outputs, load the model (checkpoint only), export."""
     if ids is not None and selection:
-        raise ValueError("pass either --ids or --selection, not both")
+        raise InvalidArgumentError("pass either --ids or --selection, not both")
+    if not Path(load_config).is_file():
+        from ulift_ns.runs import CONFIG_HELP
+
+        raise MissingInputError(f"{load_config} does not exist: {CONFIG_HELP}.")
     wanted = parse_ids(ids) if ids is not None else (read_selection(load_config) if selection else None)
+    check_export_targets(Path(output_dir), wanted, overwrite)  # before the ~seconds of loading
 
     from ulift_ns.predict import load_pipeline
 

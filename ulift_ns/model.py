@@ -45,6 +45,22 @@ def viewmat_from_c2w(c2w: Tensor) -> Tensor:
 _LPIPS_WARNED = False
 
 
+_LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
+
+
+def lpips_weights_cached(net_type: str = "alex") -> Optional[bool]:
+    """Whether torchvision's ImageNet weights for LPIPS' backbone are in the torch hub cache (None: cannot tell)."""
+    import os
+
+    try:
+        import torchvision.models as tvm
+
+        url = getattr(tvm, _LPIPS_BACKBONES[net_type]).IMAGENET1K_V1.url
+    except (ImportError, KeyError, AttributeError):
+        return None
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
+
+
 @contextmanager
 def _lpips_optional() -> Iterator[None]:
     """Let splatfacto build LPIPS if its weights are available; otherwise leave ``self.lpips = None``."""
@@ -52,14 +68,22 @@ def _lpips_optional() -> Iterator[None]:
 
     original = lpip_module.LearnedPerceptualImagePatchSimilarity
 
-    def build(*args, **kwargs):
+    def skip(reason: str) -> None:
         global _LPIPS_WARNED
+        if not _LPIPS_WARNED:
+            warnings.warn(f"LPIPS weights unavailable ({reason}); the LPIPS metric is skipped.")
+            _LPIPS_WARNED = True
+
+    def build(*args, **kwargs):
+        net = kwargs.get("net_type", args[0] if args else "alex")
+        cached = lpips_weights_cached(net)
+        if cached is not None and not cached:  # no download attempt: it would hang or fail offline
+            skip(f"{net} backbone not in the torch hub cache")
+            return None
         try:
             return original(*args, **kwargs)
-        except Exception as err:  # offline: the weights download fails with URLError/OSError/RuntimeError
-            if not _LPIPS_WARNED:
-                warnings.warn(f"LPIPS weights unavailable ({type(err).__name__}); the LPIPS metric is skipped.")
-                _LPIPS_WARNED = True
+        except Exception as err:  # e.g. a corrupt cache file
+            skip(type(err).__name__)
             return None
 
     lpip_module.LearnedPerceptualImagePatchSimilarity = build

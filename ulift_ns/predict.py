@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ulift_ns.labelio import atomic_path, check_can_write, write_label_png
+from ulift_ns.labelio import OutputExistsError, atomic_path, check_can_write, write_label_png
 from ulift_ns.model import OPACITY_THRESHOLD
+from ulift_ns.progress import track
 
 Split = Literal["train", "test", "all"]
 
@@ -36,17 +37,16 @@ class RenderedView:
 
 
 def load_pipeline(config_path: Path, test_mode: Literal["test", "val", "inference"] = "test"):
-    """Load a trained run's pipeline (weights included) from its ``config.yml``."""
-    from nerfstudio.utils.eval_utils import eval_setup
+    """Load a trained run's pipeline (weights included) from its ``config.yml``, from any working directory.
 
-    if not Path(config_path).is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: pass the config.yml that ns-train printed at the end.")
-    _, pipeline, checkpoint, step = eval_setup(Path(config_path), test_mode=test_mode)
-    if checkpoint is not None:  # multi-view 3D labels are cached beside the checkpoint they belong to
-        from ulift_ns.labels3d import cache_path
+    ``test_mode="inference"`` loads no dataset at all: the result holds only ``.model``,
+    built from the checkpoint (what ``ulift export`` needs).
+    """
+    from ulift_ns import runs
 
-        pipeline.model.labels_cache_file = cache_path(Path(checkpoint).parent, step)
-    return pipeline
+    if test_mode == "inference":
+        return runs.load_model(Path(config_path))
+    return runs.load_pipeline(Path(config_path), test_mode=test_mode)
 
 
 def split_cameras(pipeline, split: Split) -> List[Tuple[str, object]]:
@@ -103,17 +103,30 @@ def overlay(view: RenderedView, strength: float = 0.55) -> np.ndarray:
     return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
 
 
+def check_output_folder(output_dir: Path, overwrite: bool) -> None:
+    """Before any loading: refuse a folder that already holds label maps or overlays, unless ``overwrite``."""
+    output_dir = Path(output_dir)
+    existing = sorted(output_dir.glob("*.png")) + sorted((output_dir / "overlay").glob("*.png"))
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{output_dir} already holds {len(existing)} label map(s) or overlay(s) (e.g. {existing[0].name}); pass "
+            "--overwrite to replace them, or choose another --output-dir."
+        )
+
+
 def write_predictions(
     pipeline, split: Split, output_dir: Path, overwrite: bool = False, readout: Readout = "codebook"
 ) -> List[Path]:
     """Render ``split`` and write label maps plus overlays; refuses to replace files unless ``overwrite``."""
-    views = split_cameras(pipeline, split)
-    targets = [output_dir / f"{stem}.png" for stem, _ in views]
-    for path in targets + [output_dir / "overlay" / f"{stem}.png" for stem, _ in views]:
+    cameras = split_cameras(pipeline, split)
+    targets = [output_dir / f"{stem}.png" for stem, _ in cameras]
+    for path in targets + [output_dir / "overlay" / f"{stem}.png" for stem, _ in cameras]:
         check_can_write(path, overwrite)
     views: Iterable[RenderedView] = render_views(pipeline, split, with_features=readout == "hdbscan")
     if readout == "hdbscan":
-        views = relabel_by_clustering(list(views), pipeline.model.palette.cpu().numpy())
+        views = relabel_by_clustering(list(track(views, "Rendering features", len(cameras))), pipeline.model.palette.cpu().numpy())
+    else:
+        views = track(views, "Rendering label maps", len(cameras))
     written = []
     for view in views:
         write_label_png(output_dir / f"{view.stem}.png", view.labels)
