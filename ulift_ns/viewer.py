@@ -19,13 +19,54 @@ from torch import nn
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import CONSOLE
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerClick, ViewerControl, ViewerDropdown
+from nerfstudio.viewer.viewer_elements import (
+    ViewerButton,
+    ViewerCheckbox,
+    ViewerClick,
+    ViewerControl,
+    ViewerDropdown,
+    ViewerElement,
+)
 
 HIGHLIGHT, ONLY, REMOVE = "highlight", "only selection", "remove selection"
 CLICK_RENDER_HEIGHT = 256
 """Height of the render a click is resolved on; labels are stable enough not to need full size."""
 
 CameraProvider = Callable[[int, int], Optional[Cameras]]
+SELECTION_OUTPUT = "selection"
+"""The render output the Show modes act on."""
+NOTHING_HERE = "Nothing here: that click hit the background, so the selection is unchanged."
+
+
+def swatch_markdown(rgb: Tuple[int, int, int], size: int = 12) -> str:
+    """A small colour square as an inline markdown image (data URI: no file, works in viser's markdown)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), tuple(int(c) for c in rgb)).save(buffer, format="PNG")
+    return f"![#{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+class ViewerMarkdown(ViewerElement[str]):
+    """Read-only markdown in the viewer's panel (nerfstudio has no such element); ``content`` is kept when headless."""
+
+    def __init__(self, name: str, content: str = ""):
+        super().__init__(name)
+        self.content = content
+
+    def _create_gui_handle(self, viser_server) -> None:
+        self.gui_handle = viser_server.gui.add_markdown(self.content)
+
+    def install(self, viser_server) -> None:
+        self._create_gui_handle(viser_server)
+
+    def set(self, content: str) -> None:
+        self.content = content
+        if self.gui_handle is not None:
+            self.gui_handle.content = content
 
 
 class InstanceSelector(nn.Module):
@@ -39,10 +80,81 @@ class InstanceSelector(nn.Module):
         self.click_to_select = ViewerCheckbox(
             "Click to select", False, cb_hook=self._on_toggle_clicking, hint="While on, clicks pick objects (orbiting is paused)."
         )
-        self.mode = ViewerDropdown("Show", HIGHLIGHT, [HIGHLIGHT, ONLY, REMOVE], hint="How the 'selection' output shows it.")
-        self.clear_selection = ViewerButton("Clear selection", cb_hook=lambda _: self.selected.clear())
+        self.mode = ViewerDropdown(
+            "Show", HIGHLIGHT, [HIGHLIGHT, ONLY, REMOVE], cb_hook=self._on_mode,
+            hint="Acts on Output type 'selection' (choosing a mode switches to it).",
+        )  # fmt: skip
+        self.clear_selection = ViewerButton("Clear selection", cb_hook=lambda _: self.set_selection(set()))
         self.export_selection = ViewerButton("Export selection", cb_hook=lambda _: self.export())
+        self.feedback = ViewerMarkdown("Selection info", "**Selection:** none. Tick *Click to select*, then click objects.")
+        self.status = ""
+        """The last click / export outcome, shown under the selection."""
+        self.run_dir: Optional[Path] = None
+        """Where ``selection.json`` goes; defaults to the viewer's run folder (``config.yml``'s)."""
         self._camera_provider: Optional[CameraProvider] = None
+
+    # --- selection state ----------------------------------------------------------------------
+    def _viewer(self):
+        return getattr(self.viewer_control, "viewer", None)
+
+    def selection_folder(self) -> Optional[Path]:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        log = getattr(self._viewer(), "log_filename", None)
+        return Path(log).parent if log is not None else None
+
+    def set_selection(self, ids: Set[int], status: str = "") -> None:
+        """Change the selection: save ``selection.json`` (atomic) and refresh the panel."""
+        self.selected = {int(i) for i in ids}
+        self.status = status
+        self.persist()
+        self.refresh_feedback()
+
+    def persist(self) -> Optional[Path]:
+        """``RUN/selection.json`` = the current selection, so ``ulift export --selection`` exports exactly it."""
+        from ulift_ns.export import write_selection
+
+        folder = self.selection_folder()
+        if folder is None:
+            return None
+        return write_selection(folder, self.selected)
+
+    def gaussian_counts(self) -> dict:
+        """Gaussians per selected id, by the per-Gaussian 3D labels (what export and Only/Remove use)."""
+        if not self.selected:
+            return {}
+        labels = self._model.gaussian_instance_ids()[0]
+        chosen = torch.tensor(sorted(self.selected), device=labels.device)
+        counts = (labels[:, None] == chosen[None, :]).sum(0).tolist()
+        return dict(zip(sorted(self.selected), counts))
+
+    def feedback_markdown(self) -> str:
+        palette = self._model.palette
+        if self.selected:
+            lines = [f"**Selection:** {len(self.selected)} object(s) (Output type `{SELECTION_OUTPUT}` shows them)"]
+            for label, count in self.gaussian_counts().items():
+                rgb = tuple(int(round(float(c) * 255)) for c in palette[(label - 1) % palette.shape[0]])
+                lines.append(f"- {swatch_markdown(rgb)} id **{label}**: {count:,} Gaussians")
+        else:
+            lines = ["**Selection:** none. Tick *Click to select*, then click objects."]
+        if self.status:
+            lines.append(f"\n{self.status}")
+        return "\n".join(lines)
+
+    def refresh_feedback(self) -> None:
+        self.feedback.set(self.feedback_markdown())
+
+    def _on_mode(self, _dropdown) -> None:
+        """Show modes act on the ``selection`` output: switch to it, or say so."""
+        panel = getattr(self._viewer(), "control_panel", None)
+        output = getattr(panel, "_output_render", None)
+        if output is not None and getattr(panel, "output_render", None) != SELECTION_OUTPUT:
+            try:
+                output.value = SELECTION_OUTPUT
+                self.status = f"Output type switched to `{SELECTION_OUTPUT}`: *Show* acts on it."
+            except Exception:  # the output list may not hold it yet (before the first render)
+                self.status = f"*Show* acts on Output type `{SELECTION_OUTPUT}`: choose it above."
+        self.refresh_feedback()
 
     # --- clicks -------------------------------------------------------------------------------
     def _on_toggle_clicking(self, checkbox: ViewerCheckbox) -> None:
@@ -92,7 +204,11 @@ class InstanceSelector(nn.Module):
         with self._training_lock():
             label = self.label_at(click.screen_pos)
             if label > 0:
-                self.selected ^= {label}
+                verb = "removed from" if label in self.selected else "added to"
+                self.set_selection(self.selected ^ {label}, f"Object {label} {verb} the selection.")
+            else:
+                self.status = NOTHING_HERE
+                self.refresh_feedback()
         CONSOLE.print(f"Selected instances: {sorted(self.selected) or 'none'}")
         viewer = getattr(self.viewer_control, "viewer", None)
         if viewer is not None:
@@ -126,18 +242,25 @@ class InstanceSelector(nn.Module):
     # --- export -------------------------------------------------------------------------------
     def export(self) -> Optional[Path]:
         """Write the selection (``selection.json`` in the run folder) and its PLYs to a new folder."""
-        from ulift_ns.export import export_segmented, write_selection
+        from ulift_ns.export import export_segmented
 
-        viewer = getattr(self.viewer_control, "viewer", None)
+        run_dir = self.selection_folder()
         if not self.selected:
-            CONSOLE.print("[yellow]Nothing selected: tick 'Click to select' and click objects first.")
+            message = "Nothing selected: tick *Click to select* and click objects first."
+        elif run_dir is None:
+            message = "Export from the viewer needs a running viewer; use `ulift export` instead."
+        else:
+            message = ""
+        if message:
+            self.status = message
+            self.refresh_feedback()
+            CONSOLE.print(f"[yellow]{message}")
             return None
-        if viewer is None:
-            CONSOLE.print("[yellow]Export from the viewer needs a running viewer; use `ulift export` instead.")
-            return None
-        run_dir = Path(viewer.log_filename).parent
-        write_selection(run_dir, self.selected)
+        self.persist()
         out = run_dir / "exports" / time.strftime("selection_%Y%m%d_%H%M%S")
-        export_segmented(self._model, out, ids=sorted(self.selected))
-        CONSOLE.print(f"Exported instances {sorted(self.selected)} to {out}")
+        summary = export_segmented(self._model, out, ids=sorted(self.selected))
+        files = len(summary["exported_ids"]) + 2  # object PLYs + scene_instances.ply + objects.json
+        self.status = f"Exported {len(summary['exported_ids'])} object(s), {files} files, to `{out}`."
+        self.refresh_feedback()
+        CONSOLE.print(f"Exported instances {sorted(self.selected)} ({files} files) to {out}")
         return out
