@@ -159,6 +159,7 @@ class Masks:
     data: Path
     """Scene folder (transforms.json, sparse/0 or colmap/sparse/0 layout)."""
     method: Literal["sam", "felzenszwalb", "slic"] = "sam"
+    """Mask generator: SAM (needs --checkpoint) or the weight-free felzenszwalb / slic."""
     checkpoint: Optional[Path] = None
     """SAM checkpoint, e.g. sam_vit_h_4b8939.pth (https://dl.fbaipublicfiles.com/segment_anything/)."""
     model_type: Optional[Literal["vit_h", "vit_l", "vit_b"]] = None

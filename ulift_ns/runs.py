@@ -131,13 +131,14 @@ def load_pipeline(config_path: Path, test_mode: str = "test"):
     from nerfstudio.utils.eval_utils import eval_load_checkpoint
 
     config_path = Path(config_path)
-    config = resolve_paths(read_config(config_path), config_path)
+    config = read_config(config_path)
+    root = training_folder(config, config_path)
+    config = resolve_paths(config, config_path)
     if config.method_name in all_methods:
         config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target
     latest_checkpoint(config, config_path)  # a clean error before the dataset is loaded
     data = scene_folder(config)
     if data is not None and not data.exists():
-        root = training_folder(config, config_path)
         raise MissingInputError(
             f"Scene folder {data} (the --data of {config_path}) does not exist here"
             + (f" nor in the training folder {root}" if root is not None else "")
