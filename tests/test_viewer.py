@@ -161,3 +161,55 @@ def test_clicks_take_the_training_lock(scene_view):
         assert viewer.train_lock.entered == 1 and viewer.rerenders == 1
     finally:
         del selector.viewer_control.viewer
+
+
+def test_every_click_saves_the_selection_and_export_selection_follows_it(scene_view, tmp_path, monkeypatch, capsys):
+    """Clicks write RUN/selection.json at once; `ulift export --selection` then exports exactly what is selected.
+
+    Before: selection.json changed only on "Export selection", so the CLI exported an older selection.
+    """
+    import json
+
+    import ulift_ns.predict
+    from ulift_ns import cli
+    from ulift_ns.export import SELECTION_FILENAME
+    from ulift_ns.viewer import NOTHING_HERE
+
+    pipeline, _, out = scene_view
+    selector = pipeline.model.selector
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yml").write_text("stand-in: the pipeline is injected below\n")
+    selector.run_dir = run
+    monkeypatch.setattr(ulift_ns.predict, "load_pipeline", lambda *a, **k: pipeline)
+    saved = lambda: json.loads((run / SELECTION_FILENAME).read_text())["ids"]  # noqa: E731
+    try:
+        labels = out["instance_id"][..., 0].long()
+        values, counts = labels[labels > 0].unique(return_counts=True)
+        first, second = [int(v) for v in values[counts.argsort(descending=True)][:2]]
+        for label in (first, second):
+            ys, xs = torch.nonzero(labels == label, as_tuple=True)
+            _click(selector, labels, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
+        assert saved() == sorted([first, second])
+        text = selector.feedback.content
+        assert f"id **{first}**" in text and f"id **{second}**" in text and "Gaussians" in text and "data:image/png" in text
+        empty = torch.nonzero(labels == 0)
+        if len(empty):
+            _click(selector, labels, int(empty[0, 0]), int(empty[0, 1]))
+            assert NOTHING_HERE in selector.feedback.content and saved() == sorted([first, second])
+        ys, xs = torch.nonzero(labels == first, as_tuple=True)
+        _click(selector, labels, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))  # toggles `first` off
+        assert saved() == [second]
+
+        cli.main(["export", "--load-config", str(run / "config.yml"), "--output-dir", str(tmp_path / "objects"), "--selection"])
+        assert [p.name for p in (tmp_path / "objects").glob("object_*.ply")] == [f"object_{second}.ply"]
+
+        exported = selector.export()
+        assert exported is not None and (exported / f"object_{second}.ply").is_file()
+        assert str(exported) in selector.feedback.content and "3 files" in selector.feedback.content
+
+        selector.clear_selection.cb_hook(selector.clear_selection)
+        assert saved() == [] and "none" in selector.feedback.content
+    finally:
+        selector.run_dir = None
+        selector.status = ""
