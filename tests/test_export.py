@@ -373,7 +373,7 @@ def test_cli_selection_and_ids(run, tmp_path, monkeypatch):
         cli.main(["export", "--load-config", config, "--output-dir", str(tmp_path / "u"), "--ids", "4"])
     cli.main(["export", "--load-config", config, "--output-dir", str(tmp_path / "s"), "--ids", "7", "--overwrite"])
     assert (tmp_path / "s" / "object_7.ply").is_file()
-    assert modes == ["inference"] * 4
+    assert modes == ["inference"] * 3  # the existing-file refusal comes before any loading
 
 
 def test_robust_bbox_and_real_objects():
