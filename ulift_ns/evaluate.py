@@ -92,9 +92,11 @@ def print_metrics(metrics: Dict[str, float], title: str = "Segmentation metrics"
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    # Column names are the keys of metrics.json / summary.json (ns-eval: the same with a seg_ prefix).
+    views = metrics.get("num_views")
+    table = Table(title=title, caption=None if views is None else f"over {int(views)} view(s) with ground truth")
     for key in SUMMARY_KEYS:
         if key in metrics:
-            table.add_column(key.upper() if len(key) <= 3 else key, justify="right")
+            table.add_column(key, justify="right")
     table.add_row(*[f"{metrics[k]:.1f}" for k in SUMMARY_KEYS if k in metrics])
     Console().print(table)

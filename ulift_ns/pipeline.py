@@ -45,6 +45,12 @@ class UnifiedLiftPipeline(VanillaPipeline):
         if not preds:
             return {}
         scores = evaluate_all(preds, gts)
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(
+            f"Segmentation metrics ({SEGMENTATION_PREFIX}*) over {len(preds)} eval view(s) with ground truth "
+            f"(seg_num_views); `ulift render` + `ulift eval` score every view."
+        )
         return {f"{SEGMENTATION_PREFIX}{k}": float(v) for k, v in scores.items()} | {"seg_num_views": len(preds)}
 
     def get_average_eval_image_metrics(self, step=None, output_path=None, get_std=False):
