@@ -15,7 +15,7 @@
 //     scripts/viewer_screenshot.sh outputs/<scene>/unified-lift/<timestamp>/config.yml
 // or directly, against a viewer that is already running:
 //     node scripts/viewer_screenshot.mjs [--url http://127.0.0.1:7007] [--out-dir docs]
-//                                        [--timeout 180] [--no-selection]
+//                                        [--timeout 180] [--no-selection] [--overwrite]
 //
 // Needs (nothing is downloaded by this script; never run `npx playwright install`):
 //   * Chromium from Debian:   apt-get update -qq && apt-get install -y chromium
@@ -43,6 +43,7 @@ const URL = opt("url", "http://127.0.0.1:7007");
 const OUT_DIR = opt("out-dir", "docs");
 const TIMEOUT_S = Number(opt("timeout", "180"));
 const WANT_SELECTION = !argv.includes("--no-selection");
+const OVERWRITE = argv.includes("--overwrite"); // replace existing screenshots (never by default)
 const DUMP_DOM = argv.includes("--dump-dom"); // debugging: write the panel's HTML to OUT_DIR
 const VIEWPORT = { width: 1280, height: 800 };
 
@@ -293,6 +294,12 @@ async function openTab(page, name) {
 
 // ---------------------------------------------------------------------------------------------
 async function main() {
+  const targets = ["viewer_instance.png", "viewer_selection.png"].map((n) => path.join(OUT_DIR, n));
+  const existing = targets.filter((t) => fs.existsSync(t));
+  if (existing.length && !OVERWRITE) {
+    console.error(`${existing.join(", ")} already exist(s): pass --overwrite to replace, or --out-dir another folder.`);
+    process.exit(2);
+  }
   fs.mkdirSync(OUT_DIR, { recursive: true });
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ulift-chromium-"));
   const context = await chromium.launchPersistentContext(userDataDir, {

@@ -9,7 +9,7 @@
 # It starts `ns-viewer` on 127.0.0.1:$PORT (default 7007), waits until the port answers, runs
 # scripts/viewer_screenshot.mjs (headless Chromium via playwright-core) which writes
 # docs/viewer_instance.png and, if clicking an object works, docs/viewer_selection.png,
-# and stops the viewer on exit (trap).  The viewer's log goes to $LOG (default /tmp/ns-viewer.log).
+# (refusing to replace existing ones unless --overwrite is passed), and stops the viewer on exit (trap).  The viewer's log goes to $LOG (default /tmp/ns-viewer.log).
 #
 # Needs, installed once (no browser download; never `npx playwright install`):
 #     apt-get update -qq && apt-get install -y chromium        # /usr/bin/chromium
@@ -21,11 +21,24 @@
 set -euo pipefail
 
 if [[ $# -lt 1 || ! -f "$1" ]]; then
-    echo "usage: $0 path/to/config.yml [--out-dir docs] [--timeout 180] [--no-selection]" >&2
+    echo "usage: $0 path/to/config.yml [--out-dir docs] [--timeout 180] [--no-selection] [--overwrite]" >&2
     exit 2
 fi
 CONFIG=$1
 shift
+OUT_DIR=docs
+ARGS=("$@")
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+    [[ ${ARGS[i]} == --out-dir && $((i + 1)) -lt ${#ARGS[@]} ]] && OUT_DIR=${ARGS[i + 1]}
+done
+if [[ " $* " != *" --overwrite "* ]]; then
+    for f in "$OUT_DIR/viewer_instance.png" "$OUT_DIR/viewer_selection.png"; do
+        if [[ -e $f ]]; then
+            echo "$f already exists: pass --overwrite to replace it, or --out-dir another folder" >&2
+            exit 2
+        fi
+    done
+fi
 PORT=${PORT:-7007}
 LOG=${LOG:-/tmp/ns-viewer.log}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
