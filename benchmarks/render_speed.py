@@ -5,7 +5,7 @@
 The run's Gaussians are tiled with a small jitter up to --gaussians (a stand-in for a
 long run's count); the camera is the first training view rescaled to --width x --height.
 Prints a table: full ``get_outputs`` (what ``ulift render`` calls per view), its
-rasterisation alone, and the label read-out.
+rasterisation alone, the label read-out, and the viewer's click-to-feedback time.
 """
 
 from __future__ import annotations
@@ -67,12 +67,29 @@ def main() -> None:
         alpha = torch.ones(H, W, 1)
         readout = best_of(lambda: model.instance_outputs(features, alpha), args.repeats)
 
+        # Click to feedback: the viewer's on_click (render at CLICK_RENDER_HEIGHT, label, save selection.json, panel).
+        import tempfile
+
+        from nerfstudio.viewer.viewer_elements import ViewerClick
+
+        from ulift_ns.viewer import CLICK_RENDER_HEIGHT
+
+        click_camera = split_cameras(pipeline, "train")[0][1]
+        click_camera.rescale_output_resolution(CLICK_RENDER_HEIGHT / int(click_camera.height.item()))
+        selector = model.selector
+        selector.set_camera_provider(lambda h, w: click_camera)
+        selector.run_dir = Path(tempfile.mkdtemp())
+        click = ViewerClick(origin=(0.0, 0.0, 0.0), direction=(0.0, 0.0, -1.0), screen_pos=(0.5, 0.5))
+        latency = best_of(lambda: selector.on_click(click), args.repeats)
+        click_size = f"{int(click_camera.width.item())}x{int(click_camera.height.item())}"
+
     table = Table(title=f"ulift render, one {W}x{H} view, {model.num_points} Gaussians, {torch.get_num_threads()} thread(s)")
     for col in ("step", "seconds"):
         table.add_column(col, justify="right")
     table.add_row("get_outputs_for_camera (per view)", f"{full:.3f}")
     table.add_row("  rasterisation (RGB + 16 features + depth)", f"{raster:.3f}")
     table.add_row("  label read-out (codebook)", f"{readout:.3f}")
+    table.add_row(f"viewer click -> feedback ({click_size} render + selection.json + panel)", f"{latency:.3f}")
     Console().print(table)
 
 

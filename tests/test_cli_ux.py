@@ -136,3 +136,26 @@ def test_render_and_export_from_another_directory(trained_run, tmp_path, monkeyp
     # and an existing export is refused before loading anything
     message = _user_error(["export", "--load-config", str(relative), "--output-dir", "objects"], capsys)
     assert "already exists" in message and "--overwrite" in message
+
+
+def test_lpips_is_not_built_without_cached_weights(tmp_path, monkeypatch):
+    """No download attempt: with an empty torch hub cache the LPIPS class is never constructed."""
+    import torch
+    import torchmetrics.image.lpip as lpip_module
+
+    from ulift_ns.model import _lpips_optional, lpips_weights_cached
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    calls = []
+    monkeypatch.setattr(lpip_module, "LearnedPerceptualImagePatchSimilarity", lambda *a, **k: calls.append(a) or "built")
+    assert lpips_weights_cached("alex") is False
+    with _lpips_optional(), pytest.warns(UserWarning, match="LPIPS"):
+        import ulift_ns.model as model_module
+
+        model_module._LPIPS_WARNED = False
+        assert lpip_module.LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True) is None
+    assert calls == []
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    with _lpips_optional():
+        assert lpip_module.LearnedPerceptualImagePatchSimilarity(net_type="alex") == "built"
