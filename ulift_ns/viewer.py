@@ -92,6 +92,7 @@ class InstanceSelector(nn.Module):
         self.run_dir: Optional[Path] = None
         """Where ``selection.json`` goes; defaults to the viewer's run folder (``config.yml``'s)."""
         self._camera_provider: Optional[CameraProvider] = None
+        self._resolving_click = False
 
     # --- selection state ----------------------------------------------------------------------
     def _viewer(self):
@@ -191,9 +192,11 @@ class InstanceSelector(nn.Module):
         model = self._model
         was_training = model.training
         model.eval()
+        self._resolving_click = True  # the click needs labels only: skip the selection image (a 2nd render)
         try:
             labels = model.get_outputs(camera.to(model.device))["instance_id"][..., 0]
         finally:
+            self._resolving_click = False
             model.train(was_training)
         x = min(width - 1, max(0, int(screen_pos[0] * width)))
         y = min(height - 1, max(0, int(screen_pos[1] * height)))
@@ -227,7 +230,7 @@ class InstanceSelector(nn.Module):
         ``gaussian_labels()`` gives the 3D labels of the Gaussians being rendered (after any crop), as export uses;
         ``render_subset(keep)`` renders RGB from only the Gaussians where ``keep`` is true.
         """
-        if not self.selected:
+        if not self.selected or self._resolving_click:
             return rgb
         model = self._model
         chosen = torch.tensor(sorted(self.selected), device=labels.device)
