@@ -114,6 +114,8 @@ def _relative_run(trained_run, root: Path) -> Path:
     config.experiment_name = "scene"
     run_dir = root / "outputs" / "scene" / str(config.method_name) / str(config.timestamp)
     shutil.copytree(trained_run.config_path.parent / config.relative_model_dir, run_dir / config.relative_model_dir)
+    # the final checkpoint's multi-view 3D labels, cached by the trainer beside nerfstudio_models/
+    shutil.copytree(trained_run.config_path.parent / "labels3d", run_dir / "labels3d")
     (run_dir / "config.yml").write_text(yaml.dump(config), encoding="utf-8")
     return run_dir / "config.yml"
 

@@ -161,7 +161,12 @@ def model_multiview_labels(model, unseen_weight: float = UNSEEN_WEIGHT, quiet: b
         if data is None:
             provider = getattr(model, "label_cameras", None)
             if provider is None:
-                raise RuntimeError("multi-view 3D labels need the training cameras (model.label_cameras); use label rule 'feature'")
+                from ulift_ns.errors import MissingInputError
+
+                raise MissingInputError(
+                    "multi-view 3D labels of this checkpoint are not cached and its scene's cameras are not available: "
+                    "restore the scene folder (the --data of training), or pass --label-rule feature"
+                )
             data = compute_multiview_labels(model, provider(), unseen_weight, progress=not quiet)
             data["fingerprint"] = fingerprint
             if not quiet:

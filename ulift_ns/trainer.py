@@ -216,6 +216,18 @@ class UnifiedLiftTrainer(Trainer):
                 raise NonFiniteTrainingError(self._divergence_message(step, bad_losses, bad_groups))
         return loss, loss_dict, metrics_dict
 
+    def _after_train(self) -> None:
+        # Override: the final checkpoint's multi-view 3D labels are cached with it, so export needs no scene.
+        super()._after_train()
+        model = self.pipeline.model
+        if getattr(model, "label_cameras", None) is None or getattr(model.config, "label_rule", None) != "multiview":
+            return
+        from ulift_ns.labels3d import cache_path
+
+        model.labels_cache_file = cache_path(self.checkpoint_dir, self.step)
+        model.eval()
+        model.gaussian_labels("multiview")
+
     def _divergence_message(self, step: int, bad_losses: Sequence[str], bad_groups: Sequence[str]) -> str:
         defaults = {name: group["optimizer"].lr for name, group in optimizers(self.config.max_num_iterations).items()}
         saved = sorted(self.checkpoint_dir.glob("step-*.ckpt")) if self.checkpoint_dir.is_dir() else []

@@ -124,7 +124,7 @@ class InstanceSelector(nn.Module):
         """Gaussians per selected id, by the per-Gaussian 3D labels (what export and Only/Remove use)."""
         if not self.selected:
             return {}
-        labels = self._model.gaussian_instance_ids()[0]
+        labels = self._model.gaussian_labels()[0]
         chosen = torch.tensor(sorted(self.selected), device=labels.device)
         counts = (labels[:, None] == chosen[None, :]).sum(0).tolist()
         return dict(zip(sorted(self.selected), counts))
