@@ -8,6 +8,7 @@ a word.  The checks here are one device sync per call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
@@ -133,3 +134,44 @@ def usable_model(model, command: str, drop: bool = True):
             "retrain with lower learning rates for a clean model)."
         )
     return model
+
+
+@dataclass(frozen=True)
+class SplatHealth:
+    """How sound a trained splat is: fit on the training views vs the held-out ones, and its density.
+
+    A splat that over-fits (floaters, Gaussians far smaller than a pixel) shows a held-out PSNR far
+    below the training PSNR and many Gaussians per training pixel.
+    """
+
+    psnr_train: float
+    psnr_eval: float
+    gaussians: int
+    image_size: Tuple[int, int]
+    """``(width, height)`` of the largest training image."""
+
+    @property
+    def psnr_gap(self) -> float:
+        """Training minus held-out PSNR (dB); small is good, NaN without held-out views."""
+        return self.psnr_train - self.psnr_eval
+
+    @property
+    def gaussians_per_pixel(self) -> float:
+        """Gaussians per pixel of one training image."""
+        return self.gaussians / max(1, self.image_size[0] * self.image_size[1])
+
+    def as_dict(self) -> Dict[str, float]:
+        return {
+            "psnr_train": self.psnr_train,
+            "psnr_eval": self.psnr_eval,
+            "psnr_gap": self.psnr_gap,
+            "gaussians": float(self.gaussians),
+            "gaussians_per_pixel": self.gaussians_per_pixel,
+        }
+
+    def line(self) -> str:
+        return (
+            f"Splat health: PSNR {self.psnr_train:.2f} dB on training views, {self.psnr_eval:.2f} dB held out "
+            f"(gap {self.psnr_gap:.2f} dB); {self.gaussians} Gaussians = {self.gaussians_per_pixel:.2f} per pixel "
+            f"of a {self.image_size[0]}x{self.image_size[1]} training image"
+        )

@@ -11,6 +11,7 @@ import torch
 
 from ulift_ns.config import trainer_config
 from ulift_ns.demo import generate_demo_scene
+from ulift_ns.health import SplatHealth
 from ulift_ns.labelio import write_json_atomic
 from ulift_ns.model import UnifiedLiftModelConfig
 from ulift_ns.evaluate import evaluate_predictions, print_metrics
@@ -26,6 +27,7 @@ class DemoJobResult:
     psnr_after: Dict[str, float]
     metrics: Dict[str, float]
     minutes: float
+    health: SplatHealth
     metrics_3d: Optional[Dict[str, float]] = None
 
 
@@ -42,7 +44,16 @@ def average_psnr(pipeline, split: Literal["train", "eval"]) -> float:
         gt = model.composite_with_background(model.get_gt_img(data["image"]), out["background"])
         values.append(float(model.psnr(out["rgb"], gt)))
     pipeline.train()
-    return sum(values) / max(1, len(values))
+    return sum(values) / max(1, len(values)) if values else float("nan")
+
+
+def splat_health(pipeline) -> SplatHealth:
+    """Train and held-out PSNR and Gaussians per training pixel of a trained pipeline."""
+    cameras = pipeline.datamanager.train_dataset.cameras
+    size = (int(cameras.width.max()), int(cameras.height.max()))
+    return SplatHealth(
+        average_psnr(pipeline, "train"), average_psnr(pipeline, "eval"), int(pipeline.model.num_points), size
+    )
 
 
 @dataclass
@@ -54,6 +65,7 @@ class TrainedRun:
     psnr_after: Dict[str, float]
     schedule: Dict[str, object]
     """The schedule knobs the trainer chose (``UnifiedLiftTrainer.schedule_summary``)."""
+    health: SplatHealth
 
 
 def train_on_scene(
@@ -87,8 +99,11 @@ def train_on_scene(
     trainer.setup()
     psnr_before = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
     trainer.train()
-    psnr_after = {split: average_psnr(trainer.pipeline, split) for split in ("train", "eval")}
-    return TrainedRun(config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after, trainer.schedule_summary())
+    health = splat_health(trainer.pipeline)
+    psnr_after = {"train": health.psnr_train, "eval": health.psnr_eval}
+    return TrainedRun(
+        config.get_base_dir() / "config.yml", trainer.pipeline, psnr_before, psnr_after, trainer.schedule_summary(), health
+    )
 
 
 def predict_and_score(pipeline, scene: Path, labels_dir: Path, readout: Readout = "codebook") -> Dict[str, float]:
@@ -113,13 +128,15 @@ def run_demo_job(
     run = train_on_scene(scene, output / "runs", steps, model=model, device=device, quiet=quiet)
     labels = output / "labels" / run.config_path.parent.name
     metrics = predict_and_score(run.pipeline, scene, labels)
-    result = DemoJobResult(scene, run.config_path, labels, run.psnr_before, run.psnr_after, metrics, (time.time() - start) / 60)
+    minutes = (time.time() - start) / 60
+    result = DemoJobResult(scene, run.config_path, labels, run.psnr_before, run.psnr_after, metrics, minutes, run.health)
     summary = {
         "scene": str(scene),
         "config": str(run.config_path),
         "labels": str(labels),
         "psnr_before": run.psnr_before,
         "psnr_after": run.psnr_after,
+        "splat_health": run.health.as_dict(),
         "steps": steps,
         "minutes": result.minutes,
         "metrics": metrics,
@@ -146,6 +163,7 @@ def report(result: DemoJobResult) -> None:
         console.print(
             f"PSNR on {name}: {result.psnr_before[split]:.2f} dB before training -> {result.psnr_after[split]:.2f} dB after"
         )
+    console.print(result.health.line())
     if result.metrics_3d:
         from ulift_ns.eval3d import print_metrics_3d
 
