@@ -52,3 +52,12 @@ def test_feature_lr_boost_is_capped_and_never_below_one():
 def test_bad_step_count_is_refused():
     with pytest.raises(ValueError, match="positive"):
         adapted_schedule(0, 160, SPLATFACTO)
+
+
+def test_densify_threshold_scales_with_small_images_only():
+    from ulift_ns.schedule import grad_threshold_factor
+
+    assert adapted_schedule(3000, 1024, SPLATFACTO).densify_grad_thresh == pytest.approx(0.0008)
+    assert adapted_schedule(3000, 2000, SPLATFACTO).densify_grad_thresh == pytest.approx(0.0008)
+    assert adapted_schedule(3000, 128, SPLATFACTO).densify_grad_thresh == pytest.approx(0.0064)
+    assert [grad_threshold_factor(n) for n in (96, 512, 1024, 4096)] == pytest.approx([1024 / 96, 2.0, 1.0, 1.0])

@@ -406,6 +406,8 @@ class DemoScene:
     sky_horizon: Tuple[float, float, float] = (0.86, 0.89, 0.93)
     sky_zenith: Tuple[float, float, float] = (0.45, 0.62, 0.88)
     target: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.3]))
+    walls: List[DemoObject] = field(default_factory=list)
+    """Background slabs (hit kind 0, like the ground); empty in the default demo."""
 
     def object_by_id(self, obj_id: int) -> DemoObject:
         for obj in self.objects:
@@ -427,6 +429,7 @@ class DemoScene:
             "sky": {"horizon": list(self.sky_horizon), "zenith": list(self.sky_zenith)},
             "target": [round(float(v), 5) for v in self.target],
             "objects": [o.to_dict() for o in self.objects],
+            **({"walls": [w.to_dict() for w in self.walls]} if self.walls else {}),
         }
 
 
@@ -467,8 +470,13 @@ def _make_material(rng: np.random.Generator, name: str, color, texture: Optional
     )
 
 
-def build_scene(seed: int = 0) -> DemoScene:
-    """Deterministically lay out the demo scene for ``seed`` (no rendering)."""
+def build_scene(seed: int = 0, extra_objects: int = 0, walls: bool = False) -> DemoScene:
+    """Deterministically lay out the demo scene for ``seed`` (no rendering).
+
+    ``extra_objects`` adds that many more single objects (random shape, size and colour),
+    ``walls`` surrounds the ground with a textured octagonal wall (background, id 0).
+    With the defaults the scene is exactly the original demo.
+    """
     rng = np.random.default_rng([int(seed), 1])
     palette = [_PALETTE[i] for i in rng.permutation(len(_PALETTE))]
     pal_iter = iter(palette)
@@ -541,6 +549,23 @@ def build_scene(seed: int = 0) -> DemoScene:
         g1.append(dict(shape="sphere", name="top_sphere", off=np.array([0.0, 0.0, size_a[2]]), radius=r,
                        mat=material(), key="T", on_top=True))
 
+    extra_rng = np.random.default_rng([int(seed), 5])
+    for k in range(int(extra_objects)):
+        hue_color = tuple(float(c) for c in extra_rng.uniform(0.12, 0.95, size=3))
+        mat = _make_material(extra_rng, f"extra{k}", hue_color)
+        shape = str(extra_rng.choice(["box", "sphere", "cylinder"]))
+        small = bool(extra_rng.random() < 0.3)
+        scale = 0.45 if small else 1.0
+        if shape == "box":
+            size = extra_rng.uniform(0.18, 0.4, size=3) * scale
+            member = dict(shape="box", name="box", off=np.zeros(3), size=size, yaw=extra_rng.uniform(0, math.pi))
+        elif shape == "sphere":
+            member = dict(shape="sphere", name="sphere", off=np.zeros(3), radius=extra_rng.uniform(0.1, 0.22) * scale)
+        else:
+            member = dict(shape="cylinder", name="cylinder", off=np.zeros(3), radius=extra_rng.uniform(0.08, 0.16) * scale,
+                          height=extra_rng.uniform(0.3, 0.7) * scale)  # fmt: skip
+        groups.append([dict(member, mat=mat, key=f"x{k}", small=small)])
+
     # Bounding circle of each group around its anchor.
     def member_rad(m):
         if m["shape"] == "box":
@@ -608,7 +633,27 @@ def build_scene(seed: int = 0) -> DemoScene:
     )
     light = np.array([rng.uniform(0.3, 0.6), rng.uniform(-0.5, 0.5), 1.0])
     light /= np.linalg.norm(light)
-    return DemoScene(seed=int(seed), objects=objects, ground_radius=4.0, ground_material=ground_mat, light_dir=light)
+    scene = DemoScene(seed=int(seed), objects=objects, ground_radius=4.0, ground_material=ground_mat, light_dir=light)
+    if walls:
+        scene.walls = _octagon_walls(np.random.default_rng([int(seed), 6]), radius=scene.ground_radius)
+    return scene
+
+
+WALL_HEIGHT = 2.5
+
+
+def _octagon_walls(rng: np.random.Generator, radius: float) -> List[DemoObject]:
+    """Eight textured wall slabs standing on the ground's rim (background: they stay 0 in gt_masks)."""
+    walls = []
+    side = 2.0 * radius * math.tan(math.pi / 8.0) + 0.2
+    for k in range(8):
+        ang = 2.0 * math.pi * k / 8.0
+        centre = np.array([radius * math.cos(ang), radius * math.sin(ang), 0.5 * WALL_HEIGHT])
+        tint = rng.uniform(0.5, 0.85, size=3)
+        mat = _make_material(rng, f"wall{k}", tuple(float(c) for c in tint), texture=str(rng.choice(["stripes", "noise"])))
+        mat = Material(mat.name, mat.color, mat.color2, mat.texture, mat.scale * 3.0, mat.phase, mat.axis, mat.noise_table)
+        walls.append(DemoObject(-1, f"wall_{k}", "box", centre, mat, size=np.array([0.1, side, WALL_HEIGHT]), yaw=ang))
+    return walls
 
 
 # --------------------------------------------------------------------------- #
@@ -695,6 +740,11 @@ def cast_rays(scene: DemoScene, o: np.ndarray, d: np.ndarray, objects_only: bool
         ok = np.isfinite(t) & (t > _EPS) & (p[:, 0] ** 2 + p[:, 1] ** 2 <= scene.ground_radius**2)
         best_t = np.where(ok, t, best_t)
         kind = np.where(ok, 0, kind)
+        for wall in scene.walls:
+            t = wall.intersect(o, d)
+            closer = t < best_t
+            best_t = np.where(closer, t, best_t)
+            kind = np.where(closer, 0, kind)
     for obj in scene.objects:
         t = obj.intersect(o, d)
         closer = t < best_t
@@ -724,6 +774,12 @@ def _shade(scene: DemoScene, o: np.ndarray, d: np.ndarray):
         base = scene.ground_material.albedo(gp)
         mod = 0.8 + 0.4 * _value_noise(gp / 0.35, scene.ground_material.noise_table)
         albedo[g] = base * mod[:, None]
+        for wall in scene.walls:  # a ground-kind hit that lies on a wall takes the wall's surface
+            on = np.zeros_like(g)
+            on[g] = np.abs(wall.intersect(o[g], d[g]) - t[g]) < 1e-9
+            if on.any():
+                normals[on] = wall.normal(p[on])
+                albedo[on] = wall.albedo(p[on])
     for obj in scene.objects:
         m = kind == obj.id
         if m.any():
