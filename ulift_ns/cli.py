@@ -27,13 +27,20 @@ class Demo:
     """Replace an existing scene folder."""
     distortion: Optional[Tuple[float, float]] = None
     """OPENCV radial lens distortion (k1 k2) baked into images and masks, e.g. --distortion 0.2 0.05."""
+    extra_objects: int = 0
+    """Add this many more objects (random shapes and colours, some small)."""
+    walls: bool = False
+    """Surround the ground with textured walls (background)."""
+    layout: Literal["transforms", "colmap"] = "transforms"
+    """transforms.json + sparse_pc.ply, or a COLMAP text model in sparse/0."""
 
     def main(self) -> None:
         from ulift_ns.demo import generate_demo_scene
 
         path = generate_demo_scene(
-            self.output, self.seed, self.num_views, self.width, self.height, overwrite=self.overwrite, distortion=self.distortion
-        )
+            self.output, self.seed, self.num_views, self.width, self.height, overwrite=self.overwrite,
+            distortion=self.distortion, extra_objects=self.extra_objects, walls=self.walls, layout=self.layout,
+        )  # fmt: skip
         print(f"Demo scene ready at {path}. Train with: ns-train unified-lift --data {path}")
 
 

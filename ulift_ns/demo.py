@@ -997,15 +997,26 @@ def _stems(num_views: int) -> List[str]:
     return [f"frame_{k:05d}" for k in range(num_views)]
 
 
-def _expected_files(num_views: int) -> List[str]:
-    files = ["transforms.json", "sparse_pc.ply"]
+COLMAP_FILES = ["sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt"]
+
+
+def _expected_files(num_views: int, layout: str = "transforms") -> List[str]:
+    files = list(COLMAP_FILES) if layout == "colmap" else ["transforms.json", "sparse_pc.ply"]
     for sub in ("images", "gt_masks", "sam_masks"):
         files += [f"{sub}/{s}.png" for s in _stems(num_views)]
     return files
 
 
 def _params(
-    seed: int, num_views: int, width: int, height: int, noise: MaskNoiseConfig, distortion: Optional[Tuple[float, float]] = None
+    seed: int,
+    num_views: int,
+    width: int,
+    height: int,
+    noise: MaskNoiseConfig,
+    distortion: Optional[Tuple[float, float]] = None,
+    extra_objects: int = 0,
+    walls: bool = False,
+    layout: str = "transforms",
 ) -> Dict[str, Any]:
     p = {
         "format_version": DEMO_FORMAT_VERSION,
@@ -1017,6 +1028,12 @@ def _params(
     }
     if distortion is not None:  # only when asked for, so undistorted demos keep their parameters
         p["distortion"] = {"k1": float(distortion[0]), "k2": float(distortion[1])}
+    if extra_objects:  # likewise: only non-default scene options are recorded
+        p["extra_objects"] = int(extra_objects)
+    if walls:
+        p["walls"] = True
+    if layout != "transforms":
+        p["layout"] = layout
     return json.loads(json.dumps(p))  # normalise types as they will read back
 
 
@@ -1028,10 +1045,49 @@ def _remove_generated(output_dir: Path, meta: Dict[str, Any]) -> None:
         if root not in p.parents or not p.is_file():
             continue
         p.unlink()
-    for sub in ("images", "gt_masks", "sam_masks"):
+    for sub in ("images", "gt_masks", "sam_masks", "sparse/0", "sparse"):
         d = output_dir / sub
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+
+
+def _rotation_to_qvec(r: np.ndarray) -> np.ndarray:
+    """COLMAP quaternion ``(w, x, y, z)`` of a rotation matrix."""
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(r).as_quat()
+    return np.array([w, x, y, z]) if w >= 0 else -np.array([w, x, y, z])
+
+
+def write_colmap_text(
+    folder: Path, intr: Dict[str, float], stems: Sequence[str], poses: Sequence[np.ndarray], xyz: np.ndarray, rgb: np.ndarray
+) -> None:
+    """``cameras.txt``, ``images.txt`` and ``points3D.txt`` of a COLMAP text model in ``folder``.
+
+    One shared camera (PINHOLE, or OPENCV when ``intr`` has k1/k2); poses are world-to-camera
+    in OpenCV axes, from the nerfstudio/OpenGL camera-to-world matrices; points have no tracks.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = int(intr["w"]), int(intr["h"])
+    intr = {k: float(v) for k, v in intr.items()}
+    if "k1" in intr:
+        cam = f"1 OPENCV {w} {h} {intr['fl_x']!r} {intr['fl_y']!r} {intr['cx']!r} {intr['cy']!r} {intr['k1']!r} {intr['k2']!r} 0 0"
+    else:
+        cam = f"1 PINHOLE {w} {h} {intr['fl_x']!r} {intr['fl_y']!r} {intr['cx']!r} {intr['cy']!r}"
+    (folder / "cameras.txt").write_text(f"# Camera list (ulift demo)\n{cam}\n", encoding="utf-8")
+    lines = ["# Image list (ulift demo): IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, then an empty POINTS2D line"]
+    for k, (stem, c2w) in enumerate(zip(stems, poses)):
+        c2w_cv = np.asarray(c2w) @ np.diag([1.0, -1.0, -1.0, 1.0])
+        w2c = np.linalg.inv(c2w_cv)
+        q, t = _rotation_to_qvec(w2c[:3, :3]), w2c[:3, 3]
+        lines.append(" ".join([str(k + 1), *(repr(float(v)) for v in q), *(repr(float(v)) for v in t), "1", f"{stem}.png"]))
+        lines.append("")
+    (folder / "images.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pts = ["# 3D point list (ulift demo): POINT3D_ID X Y Z R G B ERROR (no tracks)"]
+    colours = np.round(np.clip(rgb, 0, 1) * 255.0).astype(int)
+    for i, (p, c) in enumerate(zip(xyz, colours)):
+        pts.append(f"{i + 1} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} {c[0]} {c[1]} {c[2]} 0.0")
+    (folder / "points3D.txt").write_text("\n".join(pts) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- #
@@ -1046,6 +1102,9 @@ def generate_demo_scene(
     noise: Optional[MaskNoiseConfig] = None,
     overwrite: bool = False,
     distortion: Optional[Tuple[float, float]] = None,
+    extra_objects: int = 0,
+    walls: bool = False,
+    layout: str = "transforms",
 ) -> Path:
     """Generate (or reuse) the demo scene in ``output_dir`` and return that directory.
 
@@ -1061,6 +1120,10 @@ def generate_demo_scene(
             parameters (only the files it wrote are removed).
         distortion: ``(k1, k2)`` OPENCV radial distortion baked into images and masks
             (as a real lens would) and written to ``transforms.json``; ``None``: a pinhole.
+        extra_objects: that many more single objects (random shape, size, colour; some small).
+        walls: surround the ground with a textured octagonal wall (background, 0 in gt_masks).
+        layout: ``"transforms"`` (nerfstudio ``transforms.json`` + ``sparse_pc.ply``) or ``"colmap"``
+            (a COLMAP text model in ``sparse/0`` with the seed points as ``points3D.txt``).
 
     Raises:
         FileExistsError: ``output_dir`` is a file, or a non-empty directory that
@@ -1073,8 +1136,10 @@ def generate_demo_scene(
         raise ValueError("num_views must be >= 1")
     if int(width) < 8 or int(height) < 8:
         raise ValueError("width and height must be >= 8 pixels")
-    params = _params(seed, num_views, width, height, noise, distortion)
-    expected = _expected_files(int(num_views))
+    if layout not in ("transforms", "colmap"):
+        raise ValueError(f"layout must be 'transforms' or 'colmap', got {layout!r}")
+    params = _params(seed, num_views, width, height, noise, distortion, extra_objects, walls, layout)
+    expected = _expected_files(int(num_views), layout)
 
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a directory; choose another --output")
@@ -1116,7 +1181,7 @@ def generate_demo_scene(
     for sub in ("images", "gt_masks", "sam_masks"):
         (output_dir / sub).mkdir(exist_ok=True)
 
-    scene = build_scene(seed)
+    scene = build_scene(seed, extra_objects=extra_objects, walls=walls)
     intr, poses = make_cameras(seed, num_views, width, height, target=scene.target)
     if distortion is not None:
         intr = {**intr, "k1": float(distortion[0]), "k2": float(distortion[1])}
@@ -1149,7 +1214,10 @@ def generate_demo_scene(
     xyz = xyz + pts_rng.normal(scale=0.004, size=xyz.shape)
     sky_xyz, sky_rgb = _sky_points(scene, pts_rng, count=max(200, len(xyz) // 3))
     xyz, rgb = np.concatenate([xyz, sky_xyz]), np.concatenate([rgb, sky_rgb])
-    _write_ply(output_dir / "sparse_pc.ply", xyz, np.round(rgb * 255.0).astype(np.uint8))
+    if layout == "colmap":
+        write_colmap_text(output_dir / "sparse" / "0", intr, _stems(num_views), poses, xyz, rgb)
+    else:
+        _write_ply(output_dir / "sparse_pc.ply", xyz, np.round(rgb * 255.0).astype(np.uint8))
 
     transforms = {
         "camera_model": "OPENCV",
@@ -1166,7 +1234,8 @@ def generate_demo_scene(
         "ply_file_path": "sparse_pc.ply",
         "frames": frames,
     }
-    write_json_atomic(output_dir / "transforms.json", transforms)
+    if layout != "colmap":
+        write_json_atomic(output_dir / "transforms.json", transforms)
 
     totals = {
         key: int(sum(len(v["events"][key]) for v in views_meta))
@@ -1207,6 +1276,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--distortion", type=float, nargs=2, metavar=("K1", "K2"), default=None,
         help="bake OPENCV radial lens distortion into images and masks, e.g. --distortion 0.2 0.05",
     )  # fmt: skip
+    parser.add_argument("--extra-objects", type=int, default=0, help="add N more objects (random shapes, some small)")
+    parser.add_argument("--walls", action="store_true", help="surround the ground with textured walls")
+    parser.add_argument("--layout", choices=("transforms", "colmap"), default="transforms",
+                        help="transforms.json (default) or a COLMAP text model in sparse/0")  # fmt: skip
     return parser
 
 
@@ -1221,6 +1294,9 @@ def run_demo_from_args(args: argparse.Namespace) -> Path:
         noise=noise,
         overwrite=args.overwrite,
         distortion=getattr(args, "distortion", None),
+        extra_objects=getattr(args, "extra_objects", 0),
+        walls=getattr(args, "walls", False),
+        layout=getattr(args, "layout", "transforms"),
     )
     print(f"demo scene ready: {out} (transforms.json, images/, gt_masks/, sam_masks/, sparse_pc.ply)")
     return out
