@@ -307,6 +307,22 @@ def test_map_matches_torchmetrics(seed):
 
 def test_evaluate_all_keys():
     out = evaluate_all(PREDS, GTS)
-    assert set(out) == {"pq", "sq", "rq", "tp", "fp", "fn", "miou", "consistency", "map", "map50", "map75"}
+    assert set(out) == {"pq", "sq", "rq", "tp", "fp", "fn", "miou", "consistency", "small_recall", "small_count", "map", "map50", "map75"}
     assert out["pq"] == pytest.approx(100 * 2.75 / 3.5)
     assert "map" not in evaluate_all(PREDS, GTS, with_map=False)
+
+
+def test_small_object_recall_counts_only_whole_small_objects():
+    from ulift_ns.metrics import small_object_recall
+
+    gt = np.zeros((20, 20), dtype=np.int64)
+    gt[0:2, 0:1] = 1  # 2 px = 0.5% of 400: small
+    gt[5:7, 5:6] = 2  # small
+    gt[10:20, 10:20] = 3  # big: not counted
+    pred = np.zeros_like(gt)
+    pred[0:2, 0:1] = 7  # object 1 found exactly
+    pred[5:7, 5:8] = 8  # object 2 merged into a segment 3x its size: IoU 1/3
+    pred[10:20, 10:20] = 9
+    r = small_object_recall([pred], [gt])
+    assert r == {"small_recall": 50.0, "small_count": 2.0}
+    assert np.isnan(small_object_recall([pred], [np.where(gt == 3, 3, 0)])["small_recall"])

@@ -61,3 +61,13 @@ def test_filtering_removes_pixels_from_the_codebook_losses():
     unfiltered, _ = lift_losses(features, labels, codebook, replace(config, use_filter=False))
     assert 0.0 < stats["lift_filtered_fraction"] <= 1.0
     assert not torch.allclose(filtered["class_loss"], unfiltered["class_loss"])
+
+
+def test_mask_size_limit_is_a_share_of_the_sampled_pixels():
+    from ulift_ns.lift.objective import LiftLossConfig, min_mask_pixels_for
+
+    c = LiftLossConfig()  # 20 of 32768 sampled pixels
+    assert min_mask_pixels_for(32768, c) == 20 and min_mask_pixels_for(10**6, c) == 20
+    assert min_mask_pixels_for(96 * 72, c) == 4  # a 96x72 view: 20 * 6912 / 32768
+    assert min_mask_pixels_for(100, c) == 3  # the floor
+    assert min_mask_pixels_for(100, LiftLossConfig(min_mask_pixels=2)) == 2  # never above the user's limit

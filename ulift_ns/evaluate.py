@@ -11,7 +11,7 @@ from ulift_ns.errors import InvalidArgumentError, MissingInputError
 from ulift_ns.labelio import read_label_map, write_json_atomic
 from ulift_ns.metrics import evaluate_all
 
-SUMMARY_KEYS = ("pq", "sq", "rq", "miou", "consistency", "map", "map50")
+SUMMARY_KEYS = ("pq", "sq", "rq", "miou", "consistency", "map", "map50", "small_recall")
 
 
 def distorted_cameras(scene: Path) -> Dict[str, object]:

@@ -360,6 +360,36 @@ def coco_mask_map(
 
 
 # ----------------------------------------------------------------------------- all
+SMALL_OBJECT_FRACTION = 0.01
+"""An object is *small* in a view when it covers less than this share of the image."""
+
+
+def small_object_recall(
+    preds: Sequence[LabelMap], gts: Sequence[LabelMap], max_fraction: float = SMALL_OBJECT_FRACTION, iou: float = 0.5
+) -> Dict[str, float]:
+    """Recall (%) of small ground-truth objects: per view, an object (gt id > 0) covering less than
+    ``max_fraction`` of the image counts as found when one predicted segment (id > 0) of that view
+    overlaps it with IoU >= ``iou``.  A split half or a merge with a neighbour stays below 0.5 IoU.
+
+    Returns ``small_recall`` (NaN when no view has a small object) and ``small_count`` (view-object pairs).
+    """
+    p_list, g_list = _check_views(preds, gts)
+    found = total = 0
+    for pred, gt in zip(p_list, g_list):
+        limit = max_fraction * gt.size
+        gt_ids, gt_area = np.unique(gt[gt > 0], return_counts=True)
+        for gid in gt_ids[gt_area < limit]:
+            total += 1
+            g = gt == gid
+            ids, inter = np.unique(pred[g & (pred > 0)], return_counts=True)
+            if not len(ids):
+                continue
+            best = ids[np.argmax(inter)]
+            union = int(np.count_nonzero(g | (pred == best)))
+            found += int(inter.max() / union >= iou)
+    return {"small_recall": 100.0 * found / total if total else float("nan"), "small_count": float(total)}
+
+
 def evaluate_all(
     preds: Sequence[LabelMap],
     gts: Sequence[LabelMap],
@@ -368,13 +398,14 @@ def evaluate_all(
 ) -> Dict[str, float]:
     """All scene metrics in one flat dict of numbers (handy for logging).
 
-    Keys: ``pq, sq, rq, tp, fp, fn, miou, consistency`` and, when
+    Keys: ``pq, sq, rq, tp, fp, fn, miou, consistency, small_recall, small_count`` and, when
     ``with_map`` (needs pycocotools), ``map, map50, map75``.
     """
     out: Dict[str, float] = {}
     out.update(scene_panoptic_quality(preds, gts))
     out["miou"] = matched_miou(preds, gts)["miou"]
     out["consistency"] = multiview_consistency(preds, gts)["consistency"]
+    out.update(small_object_recall(preds, gts))
     if with_map:
         out.update(coco_mask_map(preds, gts, scores))
     return out

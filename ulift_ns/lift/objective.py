@@ -30,7 +30,14 @@ class LiftLossConfig:
     num_samples: int = 32768
     """Pixels sampled per view for all feature losses."""
     min_mask_pixels: int = 20
-    """Masks with at most this many sampled pixels are left out of the contrastive loss."""
+    """Masks with at most this many sampled pixels (out of ``num_samples``) are left out of the contrastive loss."""
+    min_mask_pixels_floor: int = 3
+    """When a view has fewer pixels than ``num_samples`` the limit shrinks in proportion, down to this.
+
+    Departure from the official code (a fixed 20 sampled pixels, i.e. ~0.06% of a 1000 px
+    image): on a 96x72 view every pixel is sampled, so a fixed 20 px would drop every object
+    under 0.3% of the image.  Proportional, the limit is the same share of the image at every
+    size.  Split halves are not let in by this: SAM (and the demo's noise) split large masks."""
     use_codebook: bool = True
     """Off: features only (the contrastive + clustering baseline)."""
     area_normalised: bool = False
@@ -67,6 +74,12 @@ class LiftLossConfig:
         return self.class_weight if self.class_weight is not None else 1e-4 / math.log(codebook_size)
 
 
+def min_mask_pixels_for(sampled: int, config: LiftLossConfig) -> int:
+    """The contrastive loss's mask-size limit for a view with ``sampled`` sampled pixels."""
+    share = min(1.0, sampled / max(1, config.num_samples))
+    return max(min(config.min_mask_pixels_floor, config.min_mask_pixels), int(round(config.min_mask_pixels * share)))
+
+
 def lift_losses(
     features: Tensor,
     labels: Tensor,
@@ -88,7 +101,7 @@ def lift_losses(
     stats: Dict[str, float] = {"lift_sampled_pixels": float(len(idx))}
     if len(idx) == 0:
         return losses, stats
-    infonce, _ = contrastive_loss(f, lab, min_pixels=config.min_mask_pixels, norm_weight=config.norm_weight)
+    infonce, _ = contrastive_loss(f, lab, min_pixels=min_mask_pixels_for(len(idx), config), norm_weight=config.norm_weight)
     losses["contrastive_loss"] = config.contrastive_weight * infonce
     if not config.use_codebook or codebook is None:
         return losses, stats
