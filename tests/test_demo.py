@@ -592,3 +592,21 @@ def test_cli_main(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert demo.main(argv + ["--clean-masks", "--overwrite"]) == 0
     assert json.loads((out / "demo_meta.json").read_text())["params"]["noise"]["p_split"] == 0.0
+
+
+def test_scene_options_walls_extra_objects_and_colmap_layout(tmp_path):
+    from ulift_ns.dataparser import UnifiedLiftDataParserConfig, detect_layout
+
+    out = generate_demo_scene(tmp_path / "c", seed=2, num_views=4, width=24, height=18, extra_objects=7, walls=True, layout="colmap")
+    meta = json.loads((out / "demo_meta.json").read_text())
+    assert meta["num_objects"] >= 13 and meta["params"]["walls"] and meta["params"]["layout"] == "colmap"
+    assert not (out / "transforms.json").exists() and detect_layout(out) == ("colmap", Path("sparse/0"))
+    parsed = UnifiedLiftDataParserConfig(data=out, eval_mode="all").setup().get_dataparser_outputs("train")
+    assert len(parsed.image_filenames) == 4 and int(parsed.cameras.width[0]) == 24
+    assert parsed.metadata["points3D_xyz"].shape[0] == meta["num_points"]
+    # Walls are background: never an id in the ground truth.
+    ids = {int(i) for s in ("frame_00000", "frame_00001") for i in np.unique(read_label_png(out / "gt_masks" / f"{s}.png"))}
+    assert ids <= set(range(meta["num_objects"] + 1))
+    # The default demo's parameters are unchanged by the new options.
+    plain = generate_demo_scene(tmp_path / "p", seed=2, num_views=2, width=16, height=12)
+    assert set(json.loads((plain / "demo_meta.json").read_text())["params"]) == {"format_version", "seed", "num_views", "width", "height", "noise"}
