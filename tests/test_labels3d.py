@@ -7,28 +7,14 @@ import torch
 
 import ulift_ns.labels3d as labels3d
 from ulift_ns.export import export_segmented
-
-
-def _paint_slabs(model, groups: int = 4) -> torch.Tensor:
-    """Every Gaussian's identity: its quantile bin along x (so rendered labels are known slabs)."""
-    with torch.no_grad():
-        x = model.means[:, 0]
-        edges = torch.quantile(x, torch.linspace(0, 1, groups + 1)[1:-1])
-        group = torch.bucketize(x, edges)
-        codebook = torch.zeros_like(model.codebook)
-        codebook[:groups, :groups] = torch.eye(groups) * 10.0
-        model.codebook.copy_(codebook)
-        identity = torch.zeros_like(model.identity)
-        identity[torch.arange(len(group)), group] = 1.0
-        model.gauss_params["identity"].copy_(identity)
-    return group + 1
+from tests.conftest import paint_groups
 
 
 @pytest.fixture()
 def painted(trained_run):
     model = trained_run.pipeline.model
     saved = model.codebook.detach().clone(), model.identity.detach().clone()
-    group = _paint_slabs(model)
+    group = paint_groups(model)
     yield trained_run.pipeline, group
     with torch.no_grad():
         model.codebook.copy_(saved[0])

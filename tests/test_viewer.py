@@ -11,24 +11,7 @@ from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerClick, ViewerControl, ViewerElement
 from ulift_ns.predict import split_cameras
 from ulift_ns.viewer import HIGHLIGHT, ONLY, REMOVE
-
-
-def _paint_groups(model, groups: int = 4) -> None:
-    """Give every Gaussian a known identity: its quantile bin along the scene's x axis.
-
-    A 60-step run has not yet made per-Gaussian labels agree with rendered pixel labels;
-    painting makes both exact so these tests check the viewer, not training quality.
-    """
-    with torch.no_grad():
-        x = model.means[:, 0]
-        edges = torch.quantile(x, torch.linspace(0, 1, groups + 1)[1:-1])
-        group = torch.bucketize(x, edges)
-        codebook = torch.zeros_like(model.codebook)
-        codebook[:groups, :groups] = torch.eye(groups) * 10.0
-        model.codebook.copy_(codebook)
-        identity = torch.zeros_like(model.identity)
-        identity[torch.arange(len(group)), group] = 1.0
-        model.gauss_params["identity"].copy_(identity)
+from tests.conftest import paint_groups
 
 
 @pytest.fixture()
@@ -37,7 +20,7 @@ def scene_view(trained_run):
     pipeline = trained_run.pipeline
     model = pipeline.model
     saved = model.codebook.detach().clone(), model.identity.detach().clone()
-    _paint_groups(model)
+    paint_groups(model)
     pipeline.eval()
     _, camera = split_cameras(pipeline, "train")[0]
     selector = model.selector
