@@ -63,10 +63,12 @@ def test_filtering_removes_pixels_from_the_codebook_losses():
     assert not torch.allclose(filtered["class_loss"], unfiltered["class_loss"])
 
 
-def test_mask_size_limit_is_a_share_of_the_sampled_pixels():
+def test_mask_size_limit_fixed_by_default_and_a_share_of_the_sampled_pixels_with_a_floor():
     from ulift_ns.lift.objective import LiftLossConfig, min_mask_pixels_for
 
     c = LiftLossConfig()  # 20 of 32768 sampled pixels
+    assert min_mask_pixels_for(32768, c) == 20 and min_mask_pixels_for(96 * 72, c) == 20  # default: the official fixed 20
+    c = LiftLossConfig(min_mask_pixels_floor=3)
     assert min_mask_pixels_for(32768, c) == 20 and min_mask_pixels_for(10**6, c) == 20
     assert min_mask_pixels_for(96 * 72, c) == 4  # a 96x72 view: 20 * 6912 / 32768
     assert min_mask_pixels_for(100, c) == 3  # the floor
