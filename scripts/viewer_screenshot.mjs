@@ -43,6 +43,8 @@ const URL = opt("url", "http://127.0.0.1:7007");
 const OUT_DIR = opt("out-dir", "docs");
 const TIMEOUT_S = Number(opt("timeout", "180"));
 const WANT_SELECTION = !argv.includes("--no-selection");
+// Smallest share of the canvas an object may cover to be clicked (MIN_SHARE=0.02 skips tiny ones).
+const MIN_SHARE = Number(process.env.MIN_SHARE || 0.002);
 const OVERWRITE = argv.includes("--overwrite"); // replace existing screenshots (never by default)
 const DUMP_DOM = argv.includes("--dump-dom"); // debugging: write the panel's HTML to OUT_DIR
 const VIEWPORT = { width: 1280, height: 800 };
@@ -107,7 +109,7 @@ async function analyse(png, previous = null, reference = null) {
   const prevB64 = previous ? previous.toString("base64") : null;
   const refB64 = reference ? reference.toString("base64") : null;
   return analysisPage.evaluate(
-    async ({ b64, prevB64, refB64 }) => {
+    async ({ b64, prevB64, refB64, minShare }) => {
       async function pixels(data) {
         const img = await createImageBitmap(await (await fetch(`data:image/png;base64,${data}`)).blob());
         const cv = new OffscreenCanvas(img.width, img.height);
@@ -175,7 +177,7 @@ async function analyse(png, previous = null, reference = null) {
             if (j >= 0 && !seen[j] && near(j, start)) { seen[j] = 1; stack[top++] = j; }
           }
         }
-        if (size / n < 0.002 || size / n > 0.15) continue;
+        if (size / n < minShare || size / n > 0.15) continue;
         const fill = size / ((x1 - x0 + 1) * (y1 - y0 + 1));
         const score = size * fill * fill;
         if (score <= bestScore) continue;
@@ -206,7 +208,7 @@ async function analyse(png, previous = null, reference = null) {
       const refDiff = await meanDiff(refB64);
       return { w, h, mean, std, blackFrac: black / n, distinct: colours.size, target, diff, refDiff };
     },
-    { b64, prevB64, refB64 },
+    { b64, prevB64, refB64, minShare: MIN_SHARE },
   );
 }
 
@@ -294,7 +296,7 @@ async function openTab(page, name) {
 
 // ---------------------------------------------------------------------------------------------
 async function main() {
-  const targets = ["viewer_instance.png", "viewer_selection.png"].map((n) => path.join(OUT_DIR, n));
+  const targets = ["viewer_instance.png", "viewer_selection.png", "viewer_only_selection.png"].map((n) => path.join(OUT_DIR, n));
   const existing = targets.filter((t) => fs.existsSync(t));
   if (existing.length && !OVERWRITE) {
     console.error(`${existing.join(", ")} already exist(s): pass --overwrite to replace, or --out-dir another folder.`);
@@ -375,7 +377,7 @@ async function main() {
         await sleep(3000); // the click renders a label image on the server
         await chooseDropdown(page, "Output type", "selection");
         // Default "Show" mode is "highlight": the picked object tinted, everything else dimmed.
-        await waitForFrame(page, "selection frame", (s) => s.refDiff > 8, { reference: inst.png });
+        const sel = await waitForFrame(page, "selection frame", (s) => s.refDiff > 8, { reference: inst.png });
         // Keep our controls in view for the picture, and the pointer off any tooltip.
         await page.getByText("Custom Elements", { exact: true }).first().scrollIntoViewIfNeeded().catch(() => {});
         await page.mouse.move(VIEWPORT.width / 2, 5);
@@ -383,6 +385,14 @@ async function main() {
         const selPath = path.join(OUT_DIR, "viewer_selection.png");
         await page.screenshot({ path: selPath });
         log(`saved ${selPath}`);
+        // "only selection": the picked object's Gaussians alone (per-Gaussian 3D labels, as export uses).
+        await chooseDropdown(page, "Show", "only selection");
+        await waitForFrame(page, "only-selection frame", (s) => s.refDiff > 4, { reference: sel.png });
+        await page.mouse.move(VIEWPORT.width / 2, 5);
+        await sleep(1000);
+        const onlyPath = path.join(OUT_DIR, "viewer_only_selection.png");
+        await page.screenshot({ path: onlyPath });
+        log(`saved ${onlyPath}`);
       } catch (err) {
         log(`selection screenshot skipped: ${err.message}`);
       }

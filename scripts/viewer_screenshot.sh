@@ -8,14 +8,15 @@
 #
 # It starts `ns-viewer` on 127.0.0.1:$PORT (default 7007), waits until the port answers, runs
 # scripts/viewer_screenshot.mjs (headless Chromium via playwright-core) which writes
-# docs/viewer_instance.png and, if clicking an object works, docs/viewer_selection.png,
+# docs/viewer_instance.png and, if clicking an object works, docs/viewer_selection.png and
+# docs/viewer_only_selection.png (Show: only selection),
 # (refusing to replace existing ones unless --overwrite is passed), and stops the viewer on exit (trap).  The viewer's log goes to $LOG (default /tmp/ns-viewer.log).
 #
 # Needs, installed once (no browser download; never `npx playwright install`):
 #     apt-get update -qq && apt-get install -y chromium        # /usr/bin/chromium
 #     npm install --prefix /tmp/pw playwright-core              # outside the repo / git-ignored
 #     node >= 18, and this package installed so `ns-viewer` can load the run.
-# Environment: PORT, LOG, PLAYWRIGHT_CORE (.../node_modules/playwright-core), CHROMIUM (binary).
+# Environment: PORT, LOG, MIN_SHARE (smallest canvas share of the clicked object), PLAYWRIGHT_CORE (.../node_modules/playwright-core), CHROMIUM (binary).
 # Everything stays on loopback.  On CPU the first frames take a while; the node script polls for
 # up to --timeout seconds (default 180) at each step.
 set -euo pipefail
@@ -32,7 +33,7 @@ for ((i = 0; i < ${#ARGS[@]}; i++)); do
     [[ ${ARGS[i]} == --out-dir && $((i + 1)) -lt ${#ARGS[@]} ]] && OUT_DIR=${ARGS[i + 1]}
 done
 if [[ " $* " != *" --overwrite "* ]]; then
-    for f in "$OUT_DIR/viewer_instance.png" "$OUT_DIR/viewer_selection.png"; do
+    for f in "$OUT_DIR/viewer_instance.png" "$OUT_DIR/viewer_selection.png" "$OUT_DIR/viewer_only_selection.png"; do
         if [[ -e $f ]]; then
             echo "$f already exists: pass --overwrite to replace it, or --out-dir another folder" >&2
             exit 2
