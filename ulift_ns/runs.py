@@ -136,7 +136,7 @@ def load_pipeline(config_path: Path, test_mode: str = "test"):
     config = resolve_paths(config, config_path)
     if config.method_name in all_methods:
         config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target
-    latest_checkpoint(config, config_path)  # a clean error before the dataset is loaded
+    checkpoint, step = latest_checkpoint(config, config_path)  # a clean error before the dataset is loaded
     data = scene_folder(config)
     if data is not None and not data.exists():
         raise MissingInputError(
@@ -148,7 +148,7 @@ def load_pipeline(config_path: Path, test_mode: str = "test"):
     pipeline.eval()
     with torch.no_grad():
         eval_load_checkpoint(config, pipeline)
-    attach_labels_cache(pipeline.model, *latest_checkpoint(config, config_path))
+    attach_labels_cache(pipeline.model, checkpoint, step)
     return pipeline
 
 

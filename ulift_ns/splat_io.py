@@ -205,20 +205,11 @@ def _rotmat_to_quat(r: Tensor) -> Tensor:
 
 
 def write_3dgs_ply(path: Path, splat: GaussianSplat, extra_props: Optional[dict] = None) -> None:
-    """Write Inria's layout (used by tests and the benchmark; ``ns-export gaussian-splat`` writes the same)."""
-    from plyfile import PlyData, PlyElement
+    """Write Inria's layout (used by tests and the benchmark) with the exporter's writer, as ``ns-export gaussian-splat`` does."""
+    from ulift_ns.export import ply_array_from_params, write_ply
 
-    n = splat.num_points
-    cols = {"x": splat.means[:, 0], "y": splat.means[:, 1], "z": splat.means[:, 2]}
-    dc = splat.features_dc if splat.sh_degree > 0 else (torch.sigmoid(splat.features_dc) - 0.5) / SH_C0
-    cols.update({f"f_dc_{i}": dc[:, i] for i in range(3)})
-    rest = splat.features_rest.transpose(1, 2).reshape(n, -1)
-    cols.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
-    cols["opacity"] = splat.opacities[:, 0]
-    cols.update({f"scale_{i}": splat.scales[:, i] for i in range(3)})
-    cols.update({f"rot_{i}": splat.quats[:, i] for i in range(4)})
-    cols.update(extra_props or {})
-    arr = np.zeros(n, dtype=[(k, "f4") for k in cols])
-    for k, v in cols.items():
-        arr[k] = torch.as_tensor(v).detach().cpu().numpy()
-    PlyData([PlyElement.describe(arr, "vertex")]).write(str(path))
+    array = ply_array_from_params(
+        splat.means, splat.features_dc, splat.features_rest, splat.opacities, splat.scales, splat.quats,
+        sh_degree=splat.sh_degree, extra=extra_props,
+    )  # fmt: skip
+    write_ply(Path(path), array)
