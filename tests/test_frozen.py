@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ def frozen_run(trained_run, tiny_scene, tmp_path_factory):
 
 
 def test_registered_next_to_unified_lift():
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11 (tomllib)")
     entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["nerfstudio.method_configs"]
     module, attr = entry["unified-lift-frozen"].split(":")
     spec = getattr(importlib.import_module(module), attr)
