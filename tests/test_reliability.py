@@ -162,6 +162,7 @@ def test_render_and_export_drop_or_refuse_non_finite_gaussians(trained_run, tmp_
 
     pipeline = predict.load_pipeline(trained_run.config_path)
     model = pipeline.model
+    model.labels_cache_file = None  # this test edits the shared run's model: keep its 3D-label cache file intact
     n = int(model.gauss_params["means"].shape[0])
     with torch.no_grad():
         model.gauss_params["scales"][:5] = float("nan")

@@ -226,7 +226,10 @@ class UnifiedLiftTrainer(Trainer):
 
         model.labels_cache_file = cache_path(self.checkpoint_dir, self.step)
         model.eval()
-        model.gaussian_labels("multiview")
+        try:
+            model.gaussian_labels("multiview")
+        finally:  # the file belongs to the checkpoint: later edits of this live model must not overwrite it
+            model.labels_cache_file = None
 
     def _divergence_message(self, step: int, bad_losses: Sequence[str], bad_groups: Sequence[str]) -> str:
         defaults = {name: group["optimizer"].lr for name, group in optimizers(self.config.max_num_iterations).items()}
